@@ -1,0 +1,1 @@
+//! KubeEdge API types: component configuration files and CRDs.
