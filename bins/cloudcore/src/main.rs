@@ -1,0 +1,3 @@
+//! The cloudcore binary.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! The edgecore binary.
+
+fn main() {}
