@@ -1,3 +1,0 @@
-//! The edgecore binary.
-
-fn main() {}
