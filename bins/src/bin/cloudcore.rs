@@ -1,3 +1,5 @@
-//! The cloudcore binary.
+//! cloudcore: the Kedge cloud component. See [`kedge_cloud`].
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    kedge_runtime::component::main::<kedge_cloud::CloudCore>()
+}

@@ -1,0 +1,119 @@
+//! The edge side of Kedge: edgecore and its modules.
+//!
+//! edgecore is a set of modules on one [`kedge_bus`], named and grouped as
+//! in KubeEdge v1.15 so that messages route the same way: `edged` (group
+//! `edged`), `websocket` (EdgeHub, group `hub`), `eventbus` and `servicebus`
+//! (group `bus`), `metamanager` (group `meta`), `twin` (group `twin`) and
+//! `edgestream` (group `edgestream`), each enabled by its
+//! `modules.<name>.enable` field of edgecore.yaml.
+//!
+//! [`EdgeCore`] describes the binary to [`kedge_runtime::component::main`].
+//! Each module is registered as a [`PendingModule`] until its implementation
+//! lands: it takes part in start-up, readiness and shutdown, and answers
+//! every message with an error saying it has no handler yet.
+
+use std::path::Path;
+
+use kedge_apis::config::edgecore::EdgeCoreConfig;
+use kedge_apis::config::{ConfigError, HostInfo};
+use kedge_bus::{BusBuilder, BusError};
+use kedge_message::{group, module};
+use kedge_runtime::PendingModule;
+use kedge_runtime::component::Component;
+
+/// edgecore, as [`kedge_runtime::component::main`] runs it.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeCore;
+
+/// The file edgecore reads when `--config` is not given, as in KubeEdge.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/kubeedge/config/edgecore.yaml";
+
+impl Component for EdgeCore {
+    type Config = EdgeCoreConfig;
+
+    const NAME: &'static str = "edgecore";
+    const ABOUT: &'static str = "The Kedge edge component: runs pods and devices on an edge host and keeps them running offline.";
+    const DEFAULT_CONFIG_PATH: &'static str = DEFAULT_CONFIG_PATH;
+
+    fn default_config_yaml(host: &HostInfo) -> Result<String, ConfigError> {
+        EdgeCoreConfig::default_config(host).to_yaml()
+    }
+
+    fn min_config_yaml(host: &HostInfo) -> Result<String, ConfigError> {
+        EdgeCoreConfig::min_config(host).to_yaml()
+    }
+
+    fn load(path: &Path) -> Result<EdgeCoreConfig, ConfigError> {
+        EdgeCoreConfig::load(path)
+    }
+
+    fn monitor_address(config: &EdgeCoreConfig) -> String {
+        config.monitor_server.bind_address.clone()
+    }
+
+    fn register_modules(builder: &mut BusBuilder, config: &EdgeCoreConfig) -> Result<(), BusError> {
+        if config.modules.db_test.enable {
+            tracing::warn!(
+                "modules.dbTest is a KubeEdge test module that Kedge does not have; ignored"
+            );
+        }
+        for (name, group, enabled) in modules(config) {
+            builder.register(PendingModule::new(name, group), enabled)?;
+        }
+        Ok(())
+    }
+}
+
+/// edgecore's modules as `(name, group, enabled)`, in KubeEdge's
+/// registration order.
+pub fn modules(config: &EdgeCoreConfig) -> [(&'static str, &'static str, bool); 7] {
+    let m = &config.modules;
+    [
+        (module::EDGED, group::EDGED, m.edged.enable),
+        (module::EDGE_HUB, group::HUB, m.edge_hub.enable),
+        (module::EVENT_BUS, group::BUS, m.event_bus.enable),
+        (module::META_MANAGER, group::META, m.meta_manager.enable),
+        (module::SERVICE_BUS, group::BUS, m.service_bus.enable),
+        (module::DEVICE_TWIN, group::TWIN, m.device_twin.enable),
+        (
+            module::EDGE_STREAM,
+            group::EDGE_STREAM,
+            m.edge_stream.enable,
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> EdgeCoreConfig {
+        EdgeCoreConfig::default_config(&HostInfo::new("edge-1", [127, 0, 0, 1].into()))
+    }
+
+    #[test]
+    fn default_modules_follow_kubeedge_defaults() {
+        let enabled: Vec<&str> = modules(&config())
+            .into_iter()
+            .filter(|(_, _, enabled)| *enabled)
+            .map(|(name, _, _)| name)
+            .collect();
+        assert_eq!(
+            enabled,
+            ["edged", "websocket", "eventbus", "metamanager", "twin"]
+        );
+    }
+
+    #[test]
+    fn enabled_modules_are_registered_on_the_bus() {
+        let mut config = config();
+        config.modules.service_bus.enable = true;
+        let mut builder = BusBuilder::new(kedge_bus::BusConfig::default());
+        EdgeCore::register_modules(&mut builder, &config).expect("modules register");
+        let bus = builder.build(&mut prometheus_client::registry::Registry::default());
+        let handle = bus.handle();
+        assert!(handle.has_module("websocket"));
+        assert!(handle.has_module("servicebus"));
+        assert!(!handle.has_module("edgestream"));
+    }
+}
