@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs, with apt-get, everything Kedge's build, tests and demo need on a
+# fresh Debian machine. Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+packages=(
+  build-essential      # cc for crates that build C (SQLite)
+  pkg-config
+  protobuf-compiler    # protoc, for the gRPC code of etcd-client and DMI
+  etcd-server          # the etcd storage backend's tests start a real etcd
+  python3
+  curl
+  iproute2             # ip netns / tc netem for network fault tests
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+# kubectl: any recent one on PATH will do; otherwise Debian's.
+if ! command -v kubectl >/dev/null 2>&1; then
+  missing+=(kubernetes-client)
+fi
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all packages present"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo is not on PATH; install the stable Rust toolchain (rustup) first" >&2
+  exit 1
+fi
