@@ -7,6 +7,7 @@ packages=(
   build-essential      # cc for crates that build C (SQLite)
   pkg-config
   protobuf-compiler    # protoc, for the gRPC code of etcd-client and DMI
+  libprotobuf-dev      # the well-known .proto files protoc imports
   etcd-server          # the etcd storage backend's tests start a real etcd
   python3
   curl
