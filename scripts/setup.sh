@@ -10,6 +10,7 @@ packages=(
   libprotobuf-dev      # the well-known .proto files protoc imports
   etcd-server          # the etcd storage backend's tests start a real etcd
   python3
+  python3-kubernetes   # the official Python client, in the API compatibility tests
   curl
   iproute2             # ip netns / tc netem for network fault tests
 )

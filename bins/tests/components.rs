@@ -43,6 +43,9 @@ impl Binary {
                 let mut config = CloudCoreConfig::from_yaml_str(&self.print("--defaultconfig"))
                     .expect("default config loads");
                 config.common_config.monitor_server.bind_address = monitor.to_owned();
+                // These tests are about the process; the control plane has
+                // its own suites.
+                config.control_plane.enable = false;
                 config.to_yaml().expect("config serialises")
             }
             Self::EdgeCore => {

@@ -10,6 +10,11 @@
 //! Each module is registered as a [`PendingModule`] until its implementation
 //! lands: it takes part in start-up, readiness and shutdown, and answers
 //! every message with an error saying it has no handler yet.
+//!
+//! With `controlPlane.enable` (the default), the [`controlplane`] module runs
+//! the embedded Kubernetes-compatible API server next to them.
+
+pub mod controlplane;
 
 use std::path::Path;
 
@@ -59,6 +64,10 @@ impl Component for CloudCore {
         for (name, group, enabled) in modules(config) {
             builder.register(PendingModule::new(name, group), enabled)?;
         }
+        builder.register(
+            controlplane::ControlPlaneModule::new(config.control_plane.clone()),
+            config.control_plane.enable,
+        )?;
         Ok(())
     }
 }

@@ -1,0 +1,501 @@
+//! The kubectl acceptance suite: the real kubectl against a real cloudcore
+//! and its embedded control plane, on SQLite and on a real etcd.
+
+mod support;
+
+use support::{Backend, Cloud};
+
+/// Runs one scenario against a fresh cloud on each backend.
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let cloud = super::Cloud::start(super::Backend::start(false).await).await;
+                    super::$scenario(&cloud).await;
+                    cloud.stop().await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let cloud = super::Cloud::start(super::Backend::start(true).await).await;
+                    super::$scenario(&cloud).await;
+                    cloud.stop().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    discovery_and_version,
+    namespaces_and_output_formats,
+    apply_edit_patch_label_annotate,
+    deployments_scale_and_wait,
+    pods_watch_and_delete,
+    custom_resources,
+    bad_input_is_refused_cleanly,
+    cascading_deletion,
+);
+
+async fn discovery_and_version(cloud: &Cloud) {
+    let version = cloud.ok(&["version", "-o", "json"]);
+    let version: serde_json::Value = serde_json::from_str(&version).expect("version JSON");
+    assert_eq!(version["serverVersion"]["major"], "1");
+    assert_eq!(version["serverVersion"]["minor"], "32");
+
+    let resources = cloud.ok(&["api-resources"]);
+    for line in [
+        "pods ",
+        "po ",
+        "deployments",
+        "deploy",
+        "customresourcedefinitions",
+        "leases",
+    ] {
+        assert!(
+            resources.contains(line),
+            "api-resources lacks {line:?}:\n{resources}"
+        );
+    }
+    let versions = cloud.ok(&["api-versions"]);
+    for group_version in ["apps/v1", "batch/v1", "coordination.k8s.io/v1", "v1"] {
+        assert!(versions.lines().any(|l| l == group_version), "{versions}");
+    }
+    // The four system namespaces exist from the start.
+    let namespaces = cloud.ok(&["get", "namespaces", "-o", "name"]);
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            namespaces.contains(&format!("namespace/{name}")),
+            "{namespaces}"
+        );
+    }
+}
+
+async fn namespaces_and_output_formats(cloud: &Cloud) {
+    cloud.ok(&["create", "namespace", "team-a"]);
+    let wide = cloud.ok(&["get", "namespace", "team-a", "-o", "wide"]);
+    assert!(wide.contains("team-a") && wide.contains("Active"), "{wide}");
+    let yaml = cloud.ok(&["get", "namespace", "team-a", "-o", "yaml"]);
+    assert!(
+        yaml.contains("name: team-a") && yaml.contains("uid:"),
+        "{yaml}"
+    );
+    let phase = cloud.ok(&[
+        "get",
+        "namespace",
+        "team-a",
+        "-o",
+        "jsonpath={.status.phase}",
+    ]);
+    assert_eq!(phase, "Active");
+    // The namespace gets its default service account and root CA.
+    cloud
+        .eventually(
+            &[
+                "get",
+                "serviceaccount",
+                "default",
+                "-n",
+                "team-a",
+                "-o",
+                "name",
+            ],
+            |out| out.contains("serviceaccount/default"),
+        )
+        .await;
+    cloud.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "-n",
+        "team-a",
+        "--from-literal=a=1",
+    ]);
+    let json = cloud.ok(&["get", "configmap", "cfg", "-n", "team-a", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(json["data"]["a"], "1");
+    let described = cloud.ok(&["describe", "namespace", "team-a"]);
+    assert!(
+        described.contains("Status:") && described.contains("Active"),
+        "{described}"
+    );
+
+    // Deleting a namespace deletes what is in it, then the namespace.
+    cloud.ok(&["delete", "namespace", "team-a", "--wait=false"]);
+    cloud
+        .eventually(&["get", "namespace", "team-a"], |out| {
+            out.contains("NotFound")
+        })
+        .await;
+    cloud.fails(&["get", "configmap", "cfg", "-n", "team-a"]);
+}
+
+async fn apply_edit_patch_label_annotate(cloud: &Cloud) {
+    let manifest = |value: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: default\ndata:\n  mode: {value}\n  keep: \"yes\"\n"
+        )
+    };
+    let file = cloud.dir().join("settings.yaml");
+    std::fs::write(&file, manifest("one")).expect("manifest");
+    let file = file.to_str().expect("UTF-8 path");
+    assert!(cloud.ok(&["apply", "-f", file]).contains("created"));
+    std::fs::write(cloud.dir().join("settings.yaml"), manifest("two")).expect("manifest");
+    assert!(cloud.ok(&["apply", "-f", file]).contains("configured"));
+    assert!(cloud.ok(&["apply", "-f", file]).contains("unchanged"));
+    let mode = cloud.ok(&["get", "cm", "settings", "-o", "jsonpath={.data.mode}"]);
+    assert_eq!(mode, "two");
+
+    cloud.ok(&[
+        "patch",
+        "cm",
+        "settings",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"mode":"three"}}"#,
+    ]);
+    cloud.ok(&[
+        "patch",
+        "cm",
+        "settings",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"remove","path":"/data/keep"}]"#,
+    ]);
+    cloud.ok(&["patch", "cm", "settings", "-p", r#"{"data":{"extra":"x"}}"#]);
+    let data = cloud.ok(&["get", "cm", "settings", "-o", "jsonpath={.data}"]);
+    let data: serde_json::Value = serde_json::from_str(&data).expect("data JSON");
+    assert_eq!(data, serde_json::json!({"mode": "three", "extra": "x"}));
+
+    cloud.ok(&["label", "cm", "settings", "tier=edge"]);
+    cloud.ok(&["annotate", "cm", "settings", "owner=ops"]);
+    let selected = cloud.ok(&["get", "cm", "-l", "tier=edge", "-o", "name"]);
+    assert_eq!(selected.trim(), "configmap/settings");
+    assert!(
+        cloud
+            .ok(&["get", "cm", "-l", "tier!=edge", "-o", "name"])
+            .trim()
+            .lines()
+            .all(|l| l != "configmap/settings")
+    );
+    let owner = cloud.ok(&[
+        "get",
+        "cm",
+        "settings",
+        "-o",
+        "jsonpath={.metadata.annotations.owner}",
+    ]);
+    assert_eq!(owner, "ops");
+
+    // kubectl edit with a scripted editor.
+    let editor = cloud.dir().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/mode: three/mode: edited/' \"$1\"\n",
+    )
+    .expect("editor");
+    let made_executable = std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&editor)
+        .status()
+        .expect("chmod");
+    assert!(made_executable.success());
+    let output = cloud
+        .kubectl_command(&["edit", "cm", "settings"])
+        .env("EDITOR", &editor)
+        .output()
+        .expect("kubectl edit");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        cloud.ok(&["get", "cm", "settings", "-o", "jsonpath={.data.mode}"]),
+        "edited"
+    );
+
+    // Replace needs the current resourceVersion; a stale one conflicts.
+    let live = cloud.ok(&["get", "cm", "settings", "-o", "json"]);
+    let mut stale: serde_json::Value = serde_json::from_str(&live).expect("JSON");
+    cloud.ok(&["label", "cm", "settings", "bump=1"]);
+    stale["data"]["mode"] = serde_json::json!("stale");
+    let stale_file = cloud.dir().join("stale.json");
+    std::fs::write(&stale_file, stale.to_string()).expect("stale");
+    let error = cloud.fails(&["replace", "-f", stale_file.to_str().expect("UTF-8")]);
+    assert!(error.contains("the object has been modified"), "{error}");
+
+    cloud.ok(&["delete", "cm", "settings"]);
+    assert!(cloud.fails(&["get", "cm", "settings"]).contains("NotFound"));
+}
+
+async fn deployments_scale_and_wait(cloud: &Cloud) {
+    cloud.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.local/web:1",
+        "--replicas=1",
+    ]);
+    let wide = cloud.ok(&["get", "deployment", "web", "-o", "wide"]);
+    assert!(
+        wide.contains("web") && wide.contains("registry.local/web:1"),
+        "{wide}"
+    );
+    cloud.ok(&["scale", "deployment", "web", "--replicas=3"]);
+    assert_eq!(
+        cloud.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "3"
+    );
+    let generation = cloud.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.metadata.generation}",
+    ]);
+    assert_eq!(generation, "2");
+    cloud.ok(&[
+        "wait",
+        "--for=jsonpath={.spec.replicas}=3",
+        "deployment/web",
+        "--timeout=30s",
+    ]);
+    cloud.ok(&["set", "image", "deployment/web", "web=registry.local/web:2"]);
+    let image = cloud.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    assert_eq!(image, "registry.local/web:2");
+    cloud.ok(&["create", "job", "once", "--image=registry.local/job:1"]);
+    cloud.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=password=s3cret",
+    ]);
+    let password = cloud.ok(&["get", "secret", "creds", "-o", "jsonpath={.data.password}"]);
+    assert_eq!(password, "czNjcmV0");
+}
+
+async fn pods_watch_and_delete(cloud: &Cloud) {
+    let mut watch = cloud
+        .kubectl_command(&["get", "pods", "-w", "--output-watch-events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl get -w");
+    cloud.ok(&[
+        "run",
+        "probe",
+        "--image=registry.local/busybox:1",
+        "--restart=Never",
+    ]);
+    let pods = cloud.ok(&["get", "pods", "-o", "wide"]);
+    assert!(pods.contains("probe") && pods.contains("Pending"), "{pods}");
+    let pod = cloud.ok(&["get", "pod", "probe", "-o", "json"]);
+    let pod: serde_json::Value = serde_json::from_str(&pod).expect("JSON");
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    assert_eq!(
+        pod["spec"]["containers"][0]["terminationMessagePath"],
+        "/dev/termination-log"
+    );
+    let described = cloud.ok(&["describe", "pod", "probe"]);
+    assert!(
+        described.contains("registry.local/busybox:1"),
+        "{described}"
+    );
+    cloud.ok(&["delete", "pod", "probe"]);
+    let _ = watch.kill();
+    let output = watch.wait_with_output().expect("watch output");
+    let events = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        events.contains("ADDED") && events.contains("probe"),
+        "{events}"
+    );
+    assert!(events.contains("DELETED"), "{events}");
+}
+
+async fn custom_resources(cloud: &Cloud) {
+    let crd = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {type: integer, minimum: 1, default: 1}
+              color: {type: string}
+"#;
+    cloud.ok_with_input(&["apply", "-f", "-"], crd);
+    cloud.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.example.com",
+        "--timeout=30s",
+    ]);
+    let widget =
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {color: red}\n";
+    cloud.ok_with_input(&["apply", "-f", "-"], widget);
+    assert_eq!(
+        cloud.ok(&["get", "wd", "w1", "-o", "jsonpath={.spec.size}"]),
+        "1"
+    );
+    cloud.ok(&[
+        "patch",
+        "widget",
+        "w1",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"size":3}}"#,
+    ]);
+    assert_eq!(
+        cloud.ok(&["get", "widgets", "w1", "-o", "jsonpath={.spec.size}"]),
+        "3"
+    );
+    let error = cloud.fails(&[
+        "patch",
+        "widget",
+        "w1",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"size":0}}"#,
+    ]);
+    assert!(error.contains("spec.size"), "{error}");
+    cloud.ok(&["delete", "widget", "w1"]);
+    cloud.ok(&["delete", "crd", "widgets.example.com"]);
+    cloud
+        .eventually(&["get", "crd", "widgets.example.com"], |out| {
+            out.contains("NotFound")
+        })
+        .await;
+}
+
+async fn bad_input_is_refused_cleanly(cloud: &Cloud) {
+    let error = cloud.fails(&["create", "configmap", "Bad_Name", "--from-literal=a=b"]);
+    assert!(
+        error.contains("Invalid value") || error.contains("invalid"),
+        "{error}"
+    );
+    cloud.ok(&["create", "configmap", "dup", "--from-literal=a=b"]);
+    let error = cloud.fails(&["create", "configmap", "dup", "--from-literal=a=b"]);
+    assert!(
+        error.contains("AlreadyExists") || error.contains("already exists"),
+        "{error}"
+    );
+    let unknown = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: strict}\nbogus: 1\n";
+    let output = cloud
+        .kubectl_command(&["create", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(unknown.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("kubectl create");
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && error.contains("unknown field"),
+        "{error}"
+    );
+    assert!(
+        cloud
+            .fails(&["get", "configmap", "strict"])
+            .contains("NotFound")
+    );
+    // A body over the 3 MiB limit is refused and nothing is stored.
+    let big = cloud.dir().join("big.txt");
+    std::fs::write(&big, "x".repeat(4 * 1024 * 1024)).expect("big file");
+    let error = cloud.fails(&[
+        "create",
+        "configmap",
+        "big",
+        &format!("--from-file=big={}", big.display()),
+    ]);
+    assert!(
+        error.to_lowercase().contains("too large") || error.contains("RequestEntityTooLarge"),
+        "{error}"
+    );
+    assert!(
+        cloud
+            .fails(&["get", "configmap", "big"])
+            .contains("NotFound")
+    );
+    assert!(
+        cloud
+            .fails(&["get", "widgets.nothing.example"])
+            .contains("the server doesn't have a resource type")
+    );
+}
+
+async fn cascading_deletion(cloud: &Cloud) {
+    // One owner per propagation policy, each with one dependent.
+    for (owner, cascade) in [
+        ("bg", "background"),
+        ("fg", "foreground"),
+        ("orph", "orphan"),
+    ] {
+        cloud.ok(&["create", "configmap", owner, "--from-literal=a=b"]);
+        let uid = cloud.ok(&["get", "cm", owner, "-o", "jsonpath={.metadata.uid}"]);
+        let child = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {owner}-child\n  ownerReferences:\n  - apiVersion: v1\n    kind: ConfigMap\n    name: {owner}\n    uid: {uid}\n    blockOwnerDeletion: true\n"
+        );
+        cloud.ok_with_input(&["create", "-f", "-"], &child);
+        cloud.ok(&[
+            "delete",
+            "cm",
+            owner,
+            &format!("--cascade={cascade}"),
+            "--timeout=60s",
+        ]);
+        assert!(cloud.fails(&["get", "cm", owner]).contains("NotFound"));
+    }
+    for gone in ["bg-child", "fg-child"] {
+        cloud
+            .eventually(&["get", "cm", gone], |out| out.contains("NotFound"))
+            .await;
+    }
+    let refs = cloud.ok(&[
+        "get",
+        "cm",
+        "orph-child",
+        "-o",
+        "jsonpath={.metadata.ownerReferences}",
+    ]);
+    assert!(
+        refs.trim().is_empty() || refs.trim() == "[]",
+        "orphan kept its owner reference: {refs}"
+    );
+}

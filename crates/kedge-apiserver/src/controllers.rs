@@ -1,0 +1,401 @@
+//! The controllers every Kubernetes API user takes for granted, run inside
+//! the API server: bootstrap objects (the four system namespaces, the
+//! `kubernetes` service), per-namespace defaults (the `default` service
+//! account and the `kube-root-ca.crt` config map), namespace termination,
+//! and the garbage collector (owner references, foreground and orphan
+//! deletion).
+//!
+//! They make a pass over all objects whenever the store changed, at most
+//! once per resync period; each pass recomputes what is due from the
+//! objects themselves, so no event can be lost.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::meta::{self, UpdateScope};
+use crate::resources::ResourceType;
+use crate::rest::{Api, finalizers};
+use crate::status::{Reason, StatusError};
+use crate::storage::{PageRequest, resource_version_of};
+
+/// The namespaces every cluster has.
+pub const SYSTEM_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
+/// How often pending work (terminating namespaces, foreground deletions)
+/// is re-checked without an event.
+const RESYNC: Duration = Duration::from_secs(2);
+
+/// What the controllers need beyond the API.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    /// PEM of the cluster CA, published as `kube-root-ca.crt`.
+    pub ca_pem: String,
+    /// The address the `kubernetes` service's endpoints point at.
+    pub advertise_address: String,
+    /// The API server's port.
+    pub port: u16,
+}
+
+/// Creates the bootstrap objects if missing.
+pub async fn bootstrap(api: &Api, settings: &ControllerSettings) -> Result<(), StatusError> {
+    let namespaces = resource(api, "", "namespaces")?;
+    for name in SYSTEM_NAMESPACES {
+        let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        create_if_absent(api, &namespaces, object).await?;
+    }
+    let services = resource(api, "", "services")?;
+    let cluster_ip = api.admission.service_range().first().to_string();
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"type": "ClusterIP", "clusterIP": cluster_ip,
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": settings.port}]},
+    });
+    create_if_absent(api, &services, service).await?;
+    let endpoints = resource(api, "", "endpoints")?;
+    let object = json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default"},
+        "subsets": [{"addresses": [{"ip": settings.advertise_address}],
+                     "ports": [{"name": "https", "port": settings.port, "protocol": "TCP"}]}],
+    });
+    create_if_absent(api, &endpoints, object).await?;
+    Ok(())
+}
+
+fn resource(api: &Api, group: &str, plural: &str) -> Result<Arc<ResourceType>, StatusError> {
+    api.catalog
+        .get(group, "v1", plural)
+        .ok_or_else(|| StatusError::internal(format!("{plural} are not served")))
+}
+
+async fn create_if_absent(
+    api: &Api,
+    resource: &ResourceType,
+    object: Value,
+) -> Result<(), StatusError> {
+    match api.create_object(resource, object, false).await {
+        Ok(_) => Ok(()),
+        Err(error) if error.reason == Reason::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Runs the controllers until `token` is cancelled. A pass runs when the
+/// store's revision moved since the last pass, at most once per resync
+/// period, so bursts of writes cost one pass.
+pub async fn run(api: Api, settings: ControllerSettings, token: CancellationToken) {
+    let mut ticker = tokio::time::interval(RESYNC);
+    let mut reconciled_at = None;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let current = match api.objects.current_revision().await {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::warn!(%error, "controllers: cannot read the store revision");
+                continue;
+            }
+        };
+        if reconciled_at == Some(current) {
+            continue;
+        }
+        match reconcile(&api, &settings).await {
+            Ok(revision) => reconciled_at = Some(revision),
+            Err(error) => tracing::warn!(%error, "controllers: reconcile failed; retrying"),
+        }
+    }
+}
+
+/// One pass over all objects: namespace defaults and termination, and
+/// garbage collection. Returns the revision it read at.
+async fn reconcile(api: &Api, settings: &ControllerSettings) -> Result<i64, StatusError> {
+    let revision = api.objects.current_revision().await?;
+    let mut all: Vec<(Arc<ResourceType>, Value)> = Vec::new();
+    let mut seen_plurals = HashSet::new();
+    for resource in api.catalog.all() {
+        // Every version of a resource shares one set of objects.
+        if !seen_plurals.insert((resource.group.clone(), resource.plural.clone())) {
+            continue;
+        }
+        let page = api
+            .objects
+            .list(&resource, None, PageRequest::default(), |_| true)
+            .await?;
+        all.extend(
+            page.items
+                .into_iter()
+                .map(|object| (resource.clone(), object)),
+        );
+    }
+    namespaces(api, settings, &all).await?;
+    garbage_collect(api, &all).await?;
+    Ok(revision)
+}
+
+fn namespace_of(object: &Value) -> Option<&str> {
+    object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+}
+
+fn is_deleting(object: &Value) -> bool {
+    object
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+}
+
+async fn namespaces(
+    api: &Api,
+    settings: &ControllerSettings,
+    all: &[(Arc<ResourceType>, Value)],
+) -> Result<(), StatusError> {
+    let namespace_type = resource(api, "", "namespaces")?;
+    for (_, namespace) in all
+        .iter()
+        .filter(|(r, _)| r.group.is_empty() && r.plural == "namespaces")
+    {
+        let name = meta::meta_str(namespace, "name").to_owned();
+        if !is_deleting(namespace) {
+            let has = |plural: &str, object_name: &str| {
+                all.iter().any(|(r, o)| {
+                    r.group.is_empty()
+                        && r.plural == plural
+                        && namespace_of(o) == Some(&name)
+                        && meta::meta_str(o, "name") == object_name
+                })
+            };
+            if !has("serviceaccounts", "default") {
+                let account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                                     "metadata": {"name": "default", "namespace": name}});
+                create_ignoring_races(api, &*resource(api, "", "serviceaccounts")?, account)
+                    .await?;
+            }
+            if !has("configmaps", "kube-root-ca.crt") {
+                let config_map = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "kube-root-ca.crt", "namespace": name,
+                                 "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+                    "data": {"ca.crt": settings.ca_pem}});
+                create_ignoring_races(api, &*resource(api, "", "configmaps")?, config_map).await?;
+            }
+            continue;
+        }
+        // Terminating: delete the content, then release the namespace.
+        let mut remaining = 0;
+        for (resource, object) in all
+            .iter()
+            .filter(|(r, o)| r.namespaced && namespace_of(o) == Some(&name))
+        {
+            remaining += 1;
+            if is_deleting(object) && resource.kind != "Pod" {
+                continue;
+            }
+            let options = json!({"propagationPolicy": "Background"});
+            match api
+                .delete_object(
+                    resource,
+                    Some(&name),
+                    meta::meta_str(object, "name"),
+                    &options,
+                    false,
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(error) if matches!(error.reason, Reason::NotFound | Reason::Conflict) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        if remaining == 0 {
+            let spec_finalizers = namespace
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
+            let mut new = namespace.clone();
+            new["spec"]["finalizers"] = json!([]);
+            if spec_finalizers || finalizers(namespace).is_empty() {
+                let revision = resource_version_of(namespace)?;
+                release(api, &namespace_type, namespace, new, revision).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `new` (finalizers removed) over `old`; the update deletes the
+/// object when nothing holds it any more.
+async fn release(
+    api: &Api,
+    resource: &ResourceType,
+    old: &Value,
+    new: Value,
+    revision: Option<i64>,
+) -> Result<(), StatusError> {
+    match api
+        .update_object(resource, old, new, revision, UpdateScope::Main, false)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(error) if matches!(error.reason, Reason::NotFound | Reason::Conflict) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+async fn create_ignoring_races(
+    api: &Api,
+    resource: &ResourceType,
+    object: Value,
+) -> Result<(), StatusError> {
+    match api.create_object(resource, object, false).await {
+        Ok(_) => Ok(()),
+        Err(error)
+            if matches!(
+                error.reason,
+                Reason::AlreadyExists | Reason::NotFound | Reason::Forbidden
+            ) =>
+        {
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn owner_uids(object: &Value) -> Vec<String> {
+    object
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| r.get("uid").and_then(Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Deletes dependents whose owners are all gone, finishes foreground
+/// deletions whose dependents are gone, and orphans dependents of owners
+/// deleted with the `orphan` finalizer.
+async fn garbage_collect(api: &Api, all: &[(Arc<ResourceType>, Value)]) -> Result<(), StatusError> {
+    let uids: HashMap<&str, &(Arc<ResourceType>, Value)> = all
+        .iter()
+        .map(|entry| (meta::meta_str(&entry.1, "uid"), entry))
+        .collect();
+    let mut dependents: HashMap<&str, Vec<&(Arc<ResourceType>, Value)>> = HashMap::new();
+    for entry in all {
+        for owner in owner_uids(&entry.1) {
+            if let Some((owner_uid, _)) = uids.get_key_value(owner.as_str()) {
+                dependents.entry(owner_uid).or_default().push(entry);
+            }
+        }
+    }
+
+    for (resource, object) in all {
+        let owners = owner_uids(object);
+        if owners.is_empty() || is_deleting(object) {
+            continue;
+        }
+        let live_owners: Vec<&String> = owners
+            .iter()
+            .filter(|uid| {
+                // An owner deleted in the foreground or with orphaning still
+                // holds its dependents: they go first, or are released.
+                uids.get(uid.as_str()).is_some_and(|(_, owner)| {
+                    !is_deleting(owner)
+                        || has_finalizer(owner, "foregroundDeletion")
+                        || has_finalizer(owner, "orphan")
+                })
+            })
+            .collect();
+        if live_owners.is_empty() {
+            let foreground = owners.iter().any(|uid| {
+                uids.get(uid.as_str())
+                    .is_some_and(|(_, owner)| has_finalizer(owner, "foregroundDeletion"))
+            });
+            let policy = if foreground {
+                "Foreground"
+            } else {
+                "Background"
+            };
+            let options = json!({"propagationPolicy": policy});
+            let name = meta::meta_str(object, "name");
+            match api
+                .delete_object(resource, namespace_of(object), name, &options, false)
+                .await
+            {
+                Ok(_) => {
+                    tracing::debug!(kind = %resource.kind, %name, "garbage collector deleted a dependent")
+                }
+                Err(error) if matches!(error.reason, Reason::NotFound | Reason::Conflict) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    for (resource, object) in all.iter().filter(|(_, o)| is_deleting(o)) {
+        let uid = meta::meta_str(object, "uid");
+        let children = dependents.get(uid).cloned().unwrap_or_default();
+        if has_finalizer(object, "foregroundDeletion") {
+            // Dependents of a foreground deletion go first.
+            for (child_resource, child) in &children {
+                if !is_deleting(child) {
+                    let options = json!({"propagationPolicy": "Foreground"});
+                    let name = meta::meta_str(child, "name");
+                    match api
+                        .delete_object(child_resource, namespace_of(child), name, &options, false)
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(error)
+                            if matches!(error.reason, Reason::NotFound | Reason::Conflict) => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+            if children.is_empty() {
+                drop_finalizer(api, resource, object, "foregroundDeletion").await?;
+            }
+        } else if has_finalizer(object, "orphan") {
+            for (child_resource, child) in &children {
+                let mut new = child.clone();
+                if let Some(refs) = new
+                    .pointer_mut("/metadata/ownerReferences")
+                    .and_then(Value::as_array_mut)
+                {
+                    refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+                }
+                let revision = resource_version_of(child)?;
+                release(api, child_resource, child, new, revision).await?;
+            }
+            drop_finalizer(api, resource, object, "orphan").await?;
+        }
+    }
+    Ok(())
+}
+
+fn has_finalizer(object: &Value, finalizer: &str) -> bool {
+    finalizers(object).iter().any(|f| f == finalizer)
+}
+
+async fn drop_finalizer(
+    api: &Api,
+    resource: &ResourceType,
+    object: &Value,
+    finalizer: &str,
+) -> Result<(), StatusError> {
+    let mut new = object.clone();
+    let remaining: Vec<String> = finalizers(object)
+        .into_iter()
+        .filter(|f| f != finalizer)
+        .collect();
+    new["metadata"]["finalizers"] = json!(remaining);
+    let revision = resource_version_of(object)?;
+    release(api, resource, object, new, revision).await
+}
