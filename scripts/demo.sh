@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job: builds Kedge, starts a cloudcore and an edgecore on this host
-# from their default configurations, and shows that both are up and healthy.
+# The main job: builds Kedge, starts a cloudcore (with its embedded
+# Kubernetes-compatible control plane) and an edgecore on this host from
+# their default configurations, shows that both are healthy and uses the
+# control plane with the real kubectl.
 # Everything runs on 127.0.0.1 and under a temporary directory; both processes
 # are stopped cleanly (SIGTERM) at the end.
 set -euo pipefail
@@ -44,10 +46,15 @@ wait_ok() {
 
 cloud_monitor="127.0.0.1:$(free_port)"
 edge_monitor="127.0.0.1:$(free_port)"
+api_port="$(free_port)"
 
-# The default configurations, with the monitor servers on free ports.
+# The default configurations, with the monitor servers and the API server on
+# free ports and the control plane's data under the temporary directory.
 "$bin/cloudcore" --defaultconfig \
-  | sed "s|bindAddress: 127.0.0.1:9091|bindAddress: $cloud_monitor|" >"$work/cloudcore.yaml"
+  | sed -e "s|bindAddress: 127.0.0.1:9091|bindAddress: $cloud_monitor|" \
+        -e "s|securePort: 6443|securePort: $api_port|" \
+        -e "s|dataDir: /var/lib/kubeedge/controlplane|dataDir: $work/controlplane|" >"$work/cloudcore.yaml"
+grep -q "securePort: $api_port" "$work/cloudcore.yaml"
 "$bin/edgecore" --defaultconfig \
   | sed "s|bindAddress: 127.0.0.1:10352|bindAddress: $edge_monitor|" >"$work/edgecore.yaml"
 grep -q "$cloud_monitor" "$work/cloudcore.yaml"
@@ -67,6 +74,14 @@ for monitor in "$cloud_monitor" "$edge_monitor"; do
   curl -fsS "http://$monitor/metrics" | grep '^kedge_bus_inbox_depth' | sed 's/^/   /'
 done
 
+export KUBECONFIG="$work/controlplane/admin.kubeconfig"
+echo "== the embedded control plane, through kubectl ($KUBECONFIG)"
+kubectl version
+kubectl get namespaces
+kubectl create deployment web --image=registry.local/web:1 --replicas=2
+kubectl create configmap settings --from-literal=mode=edge
+kubectl get deployments,configmaps -o wide
+
 echo "== stopping both (SIGTERM)"
 for pid in "${pids[@]}"; do
   kill -TERM "$pid"
@@ -81,4 +96,4 @@ if ((status != 0)); then
   echo "demo: a component did not stop cleanly (exit $status)" >&2
   exit "$status"
 fi
-echo "== demo finished: both components started, reported ready and stopped cleanly"
+echo "== demo finished: both components started and reported ready, the control plane served kubectl, both stopped cleanly"

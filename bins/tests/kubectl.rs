@@ -3,6 +3,8 @@
 
 mod support;
 
+use base64::Engine as _;
+
 use support::{Backend, Cloud};
 
 /// Runs one scenario against a fresh cloud on each backend.
@@ -40,6 +42,7 @@ on_both_backends!(
     custom_resources,
     bad_input_is_refused_cleanly,
     cascading_deletion,
+    nodes_are_held_to_their_own_objects,
 );
 
 async fn discovery_and_version(cloud: &Cloud) {
@@ -66,6 +69,11 @@ async fn discovery_and_version(cloud: &Cloud) {
     for group_version in ["apps/v1", "batch/v1", "coordination.k8s.io/v1", "v1"] {
         assert!(versions.lines().any(|l| l == group_version), "{versions}");
     }
+    // kubectl explain reads the built-in schemas from /openapi/v3.
+    let explained = cloud.ok(&["explain", "deployment.spec.replicas"]);
+    assert!(explained.contains("replicas <integer>"), "{explained}");
+    let explained = cloud.ok(&["explain", "pods.spec.containers.ports"]);
+    assert!(explained.contains("containerPort"), "{explained}");
     // The four system namespaces exist from the start.
     let namespaces = cloud.ok(&["get", "namespaces", "-o", "name"]);
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -234,6 +242,22 @@ async fn apply_edit_patch_label_annotate(cloud: &Cloud) {
 
     cloud.ok(&["delete", "cm", "settings"]);
     assert!(cloud.fails(&["get", "cm", "settings"]).contains("NotFound"));
+
+    // Server-side apply: create, then change.
+    for value in ["1", "2"] {
+        let manifest = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  a: \"{value}\"\n"
+        );
+        assert!(
+            cloud
+                .ok_with_input(&["apply", "--server-side", "-f", "-"], &manifest)
+                .contains("serverside-applied")
+        );
+    }
+    assert_eq!(
+        cloud.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}"]),
+        "2"
+    );
 }
 
 async fn deployments_scale_and_wait(cloud: &Cloud) {
@@ -315,6 +339,11 @@ async fn pods_watch_and_delete(cloud: &Cloud) {
         described.contains("registry.local/busybox:1"),
         "{described}"
     );
+    // Logs and exec need the stream tunnel to the edge: a clear Status error.
+    let error = cloud.fails(&["logs", "probe"]);
+    assert!(error.contains("not available"), "{error}");
+    let error = cloud.fails(&["exec", "probe", "--", "true"]);
+    assert!(error.contains("not available"), "{error}");
     cloud.ok(&["delete", "pod", "probe"]);
     let _ = watch.kill();
     let output = watch.wait_with_output().expect("watch output");
@@ -497,5 +526,174 @@ async fn cascading_deletion(cloud: &Cloud) {
     assert!(
         refs.trim().is_empty() || refs.trim() == "[]",
         "orphan kept its owner reference: {refs}"
+    );
+}
+
+/// Objects, revisions and certificates survive a cloudcore restart on the
+/// same data directory.
+async fn state_survives_restart(etcd: bool) {
+    let mut cloud = Cloud::start(Backend::start(etcd).await).await;
+    cloud.ok(&["create", "configmap", "kept", "--from-literal=a=1"]);
+    cloud.ok(&["create", "service", "clusterip", "kept", "--tcp=80:8080"]);
+    let before = cloud.ok(&[
+        "get",
+        "cm",
+        "kept",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
+    let ip = cloud.ok(&["get", "svc", "kept", "-o", "jsonpath={.spec.clusterIP}"]);
+    cloud.restart().await;
+    assert_eq!(
+        cloud.ok(&["get", "cm", "kept", "-o", "jsonpath={.data.a}"]),
+        "1"
+    );
+    assert_eq!(
+        cloud.ok(&["get", "svc", "kept", "-o", "jsonpath={.spec.clusterIP}"]),
+        ip
+    );
+    cloud.ok(&["label", "cm", "kept", "again=yes"]);
+    let after = cloud.ok(&[
+        "get",
+        "cm",
+        "kept",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
+    let (before, after): (i64, i64) = (before.parse().expect("rv"), after.parse().expect("rv"));
+    assert!(
+        after > before,
+        "revisions go on after a restart: {before} then {after}"
+    );
+    // A new service gets a different address than the one still held.
+    cloud.ok(&["create", "service", "clusterip", "other", "--tcp=80:8080"]);
+    assert_ne!(
+        cloud.ok(&["get", "svc", "other", "-o", "jsonpath={.spec.clusterIP}"]),
+        ip
+    );
+    cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_restart_on_sqlite() {
+    state_survives_restart(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_restart_on_etcd() {
+    state_survives_restart(true).await;
+}
+
+/// A node's identity (`system:node:<name>` in `system:nodes`) reaches its
+/// own Node, its pods and what they reference, and nothing else, as
+/// Kubernetes' node authorizer allows.
+async fn nodes_are_held_to_their_own_objects(cloud: &Cloud) {
+    for node in ["edge-1", "edge-2"] {
+        cloud.ok_with_input(
+            &["create", "-f", "-"],
+            &format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n  labels: {{node-role.kubernetes.io/edge: \"\"}}\n"),
+        );
+    }
+    cloud.ok(&["create", "secret", "generic", "used", "--from-literal=k=v"]);
+    cloud.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "unused",
+        "--from-literal=k=v",
+    ]);
+    cloud.ok(&["create", "configmap", "settings", "--from-literal=k=v"]);
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: app}\nspec:\n  nodeName: edge-1\n  containers:\n  - name: app\n    image: registry.local/app:1\n    env:\n    - name: K\n      valueFrom: {secretKeyRef: {name: used, key: k}}\n  volumes:\n  - name: cfg\n    configMap: {name: settings}\n";
+    cloud.ok_with_input(&["create", "-f", "-"], pod);
+
+    // The node's own credentials, signed by the cluster CA.
+    let data_dir = cloud.kubeconfig.parent().expect("data dir");
+    let pki = kedge_apiserver::pki::Pki::load_or_create(
+        data_dir,
+        &kedge_apiserver::pki::ServingNames::for_bind([127, 0, 0, 1].into()),
+    )
+    .expect("cluster CA");
+    let node = pki
+        .sign_client(
+            "system:node:edge-1",
+            &["system:nodes"],
+            std::time::Duration::from_secs(3600),
+        )
+        .expect("node certificate");
+    // A kubeconfig like the admin's, with the node's credentials.
+    let encode = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+    let admin = std::fs::read_to_string(&cloud.kubeconfig).expect("admin kubeconfig");
+    let node_config: String = admin
+        .lines()
+        .map(|line| {
+            if let Some((indent, _)) = line.split_once("client-certificate-data:") {
+                format!(
+                    "{indent}client-certificate-data: {}",
+                    encode(&node.cert_pem)
+                )
+            } else if let Some((indent, _)) = line.split_once("client-key-data:") {
+                format!("{indent}client-key-data: {}", encode(&node.key_pem))
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let node_kubeconfig = cloud.dir().join("node.kubeconfig");
+    std::fs::write(&node_kubeconfig, node_config).expect("node kubeconfig");
+    let kubeconfig_flag = format!("--kubeconfig={}", node_kubeconfig.display());
+    let as_node = |args: &[&str]| -> Vec<String> {
+        let mut all = vec![kubeconfig_flag.clone()];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        all
+    };
+    let run = |args: &[&str]| {
+        let args = as_node(args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cloud.kubectl(&args)
+    };
+
+    let own = run(&["get", "node", "edge-1"]);
+    assert!(own.status.success(), "{own:?}");
+    let denied = run(&["get", "node", "edge-2"]);
+    assert!(!denied.status.success());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr)
+            .to_lowercase()
+            .contains("forbidden"),
+        "{denied:?}"
+    );
+    assert!(run(&["get", "pod", "app"]).status.success());
+    // What the pod references becomes readable once the authorizer's graph
+    // has seen the pod.
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
+    while !run(&["get", "secret", "used"]).status.success() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never got its pod's secret"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(run(&["get", "configmap", "settings"]).status.success());
+    let denied = run(&["get", "secret", "unused"]);
+    assert!(
+        String::from_utf8_lossy(&denied.stderr)
+            .to_lowercase()
+            .contains("forbidden"),
+        "{denied:?}"
+    );
+    let denied = run(&["create", "configmap", "mine", "--from-literal=a=b"]);
+    assert!(
+        String::from_utf8_lossy(&denied.stderr)
+            .to_lowercase()
+            .contains("forbidden"),
+        "{denied:?}"
+    );
+    let denied = run(&["delete", "node", "edge-2"]);
+    assert!(
+        String::from_utf8_lossy(&denied.stderr)
+            .to_lowercase()
+            .contains("forbidden"),
+        "{denied:?}"
     );
 }

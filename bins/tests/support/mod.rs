@@ -78,15 +78,7 @@ impl Cloud {
         }
         let config_path = dir.path().join("cloudcore.yaml");
         std::fs::write(&config_path, config.to_yaml().expect("yaml")).expect("config written");
-        let log = std::fs::File::create(dir.path().join("cloudcore.log")).expect("log file");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloudcore"))
-            .arg("--config")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("cloudcore starts");
+        let child = spawn(dir.path());
         let cloud = Self {
             child,
             kubeconfig: data_dir.join("admin.kubeconfig"),
@@ -112,6 +104,11 @@ impl Cloud {
         if tokio::time::timeout(DEADLINE, ready).await.is_err() {
             panic!("cloudcore did not become ready; log:\n{}", self.log());
         }
+    }
+
+    /// cloudcore's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
     }
 
     /// cloudcore's log so far.
@@ -217,7 +214,20 @@ impl Cloud {
     }
 
     /// Stops cloudcore with SIGTERM and checks it exits cleanly.
+    /// Stops cloudcore and starts it again on the same data, as after a
+    /// host restart.
+    pub async fn restart(&mut self) {
+        self.terminate().await;
+        self.child = spawn(self.dir.path());
+        self.wait_ready().await;
+    }
+
+    /// Stops cloudcore with SIGTERM; it must exit cleanly.
     pub async fn stop(mut self) {
+        self.terminate().await;
+    }
+
+    async fn terminate(&mut self) {
         let pid = self.child.id().expect("running").to_string();
         let killed = Command::new("kill")
             .args(["-TERM", &pid])
@@ -234,6 +244,23 @@ impl Cloud {
             tail(&self.log())
         );
     }
+}
+
+/// Starts cloudcore with the configuration in `dir`, appending to its log.
+fn spawn(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("cloudcore.log"))
+        .expect("log file");
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_cloudcore"))
+        .arg("--config")
+        .arg(dir.join("cloudcore.yaml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cloudcore starts")
 }
 
 fn tail(log: &str) -> String {

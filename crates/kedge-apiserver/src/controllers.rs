@@ -9,10 +9,11 @@
 //! once per resync period; each pass recomputes what is due from the
 //! objects themselves, so no event can be lost.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +80,20 @@ async fn create_if_absent(
     resource: &ResourceType,
     object: Value,
 ) -> Result<(), StatusError> {
+    // Look first: creating again would run admission (a ClusterIP already
+    // held by the existing object) before noticing it exists.
+    let namespace = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str);
+    let name = meta::meta_str(&object, "name");
+    if api
+        .objects
+        .try_get(resource, namespace, name)
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
     match api.create_object(resource, object, false).await {
         Ok(_) => Ok(()),
         Err(error) if error.reason == Reason::AlreadyExists => Ok(()),
@@ -90,54 +105,163 @@ async fn create_if_absent(
 /// store's revision moved since the last pass, at most once per resync
 /// period, so bursts of writes cost one pass.
 pub async fn run(api: Api, settings: ControllerSettings, token: CancellationToken) {
-    let mut ticker = tokio::time::interval(RESYNC);
-    let mut reconciled_at = None;
     loop {
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let current = match api.objects.current_revision().await {
-            Ok(current) => current,
+        // (Re)build the index, then follow the store; a watch that cannot
+        // go on (compaction, falling behind) starts over.
+        let mut index = match Index::load(&api).await {
+            Ok(index) => index,
             Err(error) => {
-                tracing::warn!(%error, "controllers: cannot read the store revision");
+                tracing::warn!(%error, "controllers: cannot list the objects; retrying");
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(RESYNC) => continue,
+                }
+            }
+        };
+        let mut changes = match api.objects.store().watch(REGISTRY, index.revision).await {
+            Ok(changes) => changes,
+            Err(error) => {
+                tracing::warn!(%error, "controllers: cannot watch the store; retrying");
                 continue;
             }
         };
-        if reconciled_at == Some(current) {
-            continue;
-        }
-        match reconcile(&api, &settings).await {
-            Ok(revision) => reconciled_at = Some(revision),
-            Err(error) => tracing::warn!(%error, "controllers: reconcile failed; retrying"),
+        let mut ticker = tokio::time::interval(RESYNC);
+        let mut reconciled_at = None;
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                change = changes.next() => match change {
+                    Some(Ok(event)) => index.apply(&api, &event),
+                    Some(Err(error)) => {
+                        tracing::info!(%error, "controllers: watch ended; reloading");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = ticker.tick() => {
+                    if reconciled_at == Some(index.revision) {
+                        continue;
+                    }
+                    let all: Vec<(Arc<ResourceType>, Value)> = index.objects.values().cloned().collect();
+                    match reconcile(&api, &settings, &all).await {
+                        Ok(()) => reconciled_at = Some(index.revision),
+                        Err(error) => tracing::warn!(%error, "controllers: reconcile failed; retrying"),
+                    }
+                }
+            }
         }
     }
 }
 
-/// One pass over all objects: namespace defaults and termination, and
-/// garbage collection. Returns the revision it read at.
-async fn reconcile(api: &Api, settings: &ControllerSettings) -> Result<i64, StatusError> {
-    let revision = api.objects.current_revision().await?;
-    let mut all: Vec<(Arc<ResourceType>, Value)> = Vec::new();
-    let mut seen_plurals = HashSet::new();
-    for resource in api.catalog.all() {
-        // Every version of a resource shares one set of objects.
-        if !seen_plurals.insert((resource.group.clone(), resource.plural.clone())) {
-            continue;
+/// The storage prefix of every object.
+const REGISTRY: &str = "/registry/";
+
+/// What the controllers know of every object, kept current from one watch
+/// of the whole store: namespaces whole, everything else as the metadata
+/// the garbage collector needs. Memory stays small per object and no pass
+/// lists the store.
+struct Index {
+    objects: BTreeMap<String, (Arc<ResourceType>, Value)>,
+    revision: i64,
+}
+
+impl Index {
+    /// Lists every resource type at one revision.
+    async fn load(api: &Api) -> Result<Self, StatusError> {
+        let revision = api.objects.current_revision().await?;
+        let mut objects = BTreeMap::new();
+        let mut seen_plurals = HashSet::new();
+        for resource in api.catalog.all() {
+            // Every version of a resource shares one set of objects.
+            if !seen_plurals.insert((resource.group.clone(), resource.plural.clone())) {
+                continue;
+            }
+            let request = PageRequest {
+                revision: Some(revision),
+                ..PageRequest::default()
+            };
+            let page = api.objects.list(&resource, None, request, |_| true).await?;
+            for object in page.items {
+                let key = resource.key(namespace_of(&object), meta::meta_str(&object, "name"));
+                objects.insert(key, (resource.clone(), slim(&resource, object)));
+            }
         }
-        let page = api
-            .objects
-            .list(&resource, None, PageRequest::default(), |_| true)
-            .await?;
-        all.extend(
-            page.items
-                .into_iter()
-                .map(|object| (resource.clone(), object)),
-        );
+        Ok(Self { objects, revision })
     }
-    namespaces(api, settings, &all).await?;
-    garbage_collect(api, &all).await?;
-    Ok(revision)
+
+    /// Applies one change of the store.
+    fn apply(&mut self, api: &Api, event: &kedge_store::Event) {
+        self.revision = event.revision();
+        let key = event.key();
+        let Some(resource) = resource_of_key(api, key) else {
+            return;
+        };
+        match event {
+            kedge_store::Event::Put { kv, .. } => {
+                match serde_json::from_slice::<Value>(&kv.value) {
+                    Ok(mut object) => {
+                        crate::storage::set_resource_version(&mut object, kv.mod_revision);
+                        self.objects
+                            .insert(key.to_owned(), (resource.clone(), slim(&resource, object)));
+                    }
+                    Err(error) => tracing::warn!(%key, %error, "controllers: undecodable object"),
+                }
+            }
+            kedge_store::Event::Delete { .. } => {
+                self.objects.remove(key);
+            }
+        }
+    }
+}
+
+/// The resource type stored under `key` (`/registry/<group>/<plural>/…`).
+fn resource_of_key(api: &Api, key: &str) -> Option<Arc<ResourceType>> {
+    let mut parts = key.strip_prefix(REGISTRY)?.splitn(3, '/');
+    let group = match parts.next()? {
+        "core" => "",
+        group => group,
+    };
+    let plural = parts.next()?;
+    api.catalog
+        .all()
+        .into_iter()
+        .find(|r| r.group == group && r.plural == plural)
+}
+
+/// What the index keeps of an object: namespaces whole, others their
+/// identifying and ownership metadata.
+fn slim(resource: &ResourceType, object: Value) -> Value {
+    if resource.group.is_empty() && resource.plural == "namespaces" {
+        return object;
+    }
+    let mut metadata = serde_json::Map::new();
+    if let Some(full) = object.get("metadata").and_then(Value::as_object) {
+        for field in [
+            "name",
+            "namespace",
+            "uid",
+            "resourceVersion",
+            "ownerReferences",
+            "finalizers",
+            "deletionTimestamp",
+        ] {
+            if let Some(value) = full.get(field) {
+                metadata.insert(field.to_owned(), value.clone());
+            }
+        }
+    }
+    json!({ "metadata": metadata })
+}
+
+/// One pass over all objects: namespace defaults and termination, and
+/// garbage collection.
+async fn reconcile(
+    api: &Api,
+    settings: &ControllerSettings,
+    all: &[(Arc<ResourceType>, Value)],
+) -> Result<(), StatusError> {
+    namespaces(api, settings, all).await?;
+    garbage_collect(api, all).await
 }
 
 fn namespace_of(object: &Value) -> Option<&str> {
@@ -363,7 +487,11 @@ async fn garbage_collect(api: &Api, all: &[(Arc<ResourceType>, Value)]) -> Resul
                 drop_finalizer(api, resource, object, "foregroundDeletion").await?;
             }
         } else if has_finalizer(object, "orphan") {
-            for (child_resource, child) in &children {
+            for (child_resource, entry) in &children {
+                let Some(child) = fresh(api, child_resource, entry).await? else {
+                    continue;
+                };
+                let child = &child;
                 let mut new = child.clone();
                 if let Some(refs) = new
                     .pointer_mut("/metadata/ownerReferences")
@@ -390,12 +518,29 @@ async fn drop_finalizer(
     object: &Value,
     finalizer: &str,
 ) -> Result<(), StatusError> {
-    let mut new = object.clone();
-    let remaining: Vec<String> = finalizers(object)
+    let Some(current) = fresh(api, resource, object).await? else {
+        return Ok(());
+    };
+    let mut new = current.clone();
+    let remaining: Vec<String> = finalizers(&current)
         .into_iter()
         .filter(|f| f != finalizer)
         .collect();
     new["metadata"]["finalizers"] = json!(remaining);
-    let revision = resource_version_of(object)?;
-    release(api, resource, object, new, revision).await
+    let revision = resource_version_of(&current)?;
+    release(api, resource, &current, new, revision).await
+}
+
+/// The stored object an index entry stands for, if it is still the same
+/// object (same uid).
+async fn fresh(
+    api: &Api,
+    resource: &ResourceType,
+    entry: &Value,
+) -> Result<Option<Value>, StatusError> {
+    let current = api
+        .objects
+        .try_get(resource, namespace_of(entry), meta::meta_str(entry, "name"))
+        .await?;
+    Ok(current.filter(|c| meta::meta_str(c, "uid") == meta::meta_str(entry, "uid")))
 }

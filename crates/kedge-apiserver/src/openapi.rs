@@ -4,9 +4,12 @@
 //! learn whether the server validates fields itself: a PATCH operation that
 //! carries the kind's `x-kubernetes-group-version-kind` and a
 //! `fieldValidation` query parameter tells it so, and kubectl then sends
-//! `fieldValidation=Strict` instead of validating on its side. Custom
-//! resources with a schema also get their schema under
-//! `components.schemas`.
+//! `fieldValidation=Strict` instead of validating on its side. Built-in
+//! kinds get their schemas (from `k8s-openapi`, for `kubectl explain`) and
+//! custom resources with a schema get theirs under `components.schemas`.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use serde_json::{Map, Value, json};
 
@@ -128,6 +131,9 @@ fn group_version_document(catalog: &Catalog, group: &str, version: &str) -> Opti
             item_path,
             json!({"get": operation("get"), "put": operation("put"), "patch": operation("patch"), "delete": operation("delete")}),
         );
+        if resource.crd.is_none() {
+            add_builtin_schemas(resource, &mut schemas);
+        }
         if let Some(schema) = &resource.schema {
             let mut schema = schema.as_ref().clone();
             if let Some(map) = schema.as_object_mut() {
@@ -145,6 +151,105 @@ fn group_version_document(catalog: &Catalog, group: &str, version: &str) -> Opti
         "paths": paths,
         "components": {"schemas": schemas},
     }))
+}
+
+/// The schemas of one built-in kind and everything it references, keyed
+/// by their OpenAPI names (`io.k8s.api.core.v1.Pod` …), and the kind's own
+/// name.
+type KindSchemas = (String, Map<String, Value>);
+
+fn schemas_of<T: schemars::JsonSchema>() -> KindSchemas {
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let reference = generator.subschema_for::<T>();
+    let name = reference
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.rsplit('/').next())
+        .unwrap_or_default()
+        .to_owned();
+    (name, generator.take_definitions(true))
+}
+
+/// Built-in schemas by (group, kind), computed once.
+static BUILTIN: LazyLock<HashMap<(&'static str, &'static str), KindSchemas>> =
+    LazyLock::new(|| {
+        use k8s_openapi::api::{apps, batch, coordination, core, discovery, rbac};
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
+        HashMap::from([
+            (("", "Namespace"), schemas_of::<core::v1::Namespace>()),
+            (("", "Node"), schemas_of::<core::v1::Node>()),
+            (("", "Pod"), schemas_of::<core::v1::Pod>()),
+            (("", "ConfigMap"), schemas_of::<core::v1::ConfigMap>()),
+            (("", "Secret"), schemas_of::<core::v1::Secret>()),
+            (("", "Service"), schemas_of::<core::v1::Service>()),
+            (("", "Endpoints"), schemas_of::<core::v1::Endpoints>()),
+            (("", "Event"), schemas_of::<core::v1::Event>()),
+            (
+                ("", "ServiceAccount"),
+                schemas_of::<core::v1::ServiceAccount>(),
+            ),
+            (
+                ("", "PersistentVolumeClaim"),
+                schemas_of::<core::v1::PersistentVolumeClaim>(),
+            ),
+            (("apps", "Deployment"), schemas_of::<apps::v1::Deployment>()),
+            (("apps", "ReplicaSet"), schemas_of::<apps::v1::ReplicaSet>()),
+            (
+                ("apps", "StatefulSet"),
+                schemas_of::<apps::v1::StatefulSet>(),
+            ),
+            (("apps", "DaemonSet"), schemas_of::<apps::v1::DaemonSet>()),
+            (("batch", "Job"), schemas_of::<batch::v1::Job>()),
+            (
+                ("coordination.k8s.io", "Lease"),
+                schemas_of::<coordination::v1::Lease>(),
+            ),
+            (
+                ("discovery.k8s.io", "EndpointSlice"),
+                schemas_of::<discovery::v1::EndpointSlice>(),
+            ),
+            (
+                ("rbac.authorization.k8s.io", "Role"),
+                schemas_of::<rbac::v1::Role>(),
+            ),
+            (
+                ("rbac.authorization.k8s.io", "ClusterRole"),
+                schemas_of::<rbac::v1::ClusterRole>(),
+            ),
+            (
+                ("rbac.authorization.k8s.io", "RoleBinding"),
+                schemas_of::<rbac::v1::RoleBinding>(),
+            ),
+            (
+                ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
+                schemas_of::<rbac::v1::ClusterRoleBinding>(),
+            ),
+            (
+                ("apiextensions.k8s.io", "CustomResourceDefinition"),
+                schemas_of::<apiextensions::v1::CustomResourceDefinition>(),
+            ),
+        ])
+    });
+
+/// Adds the schemas of a built-in kind, the kind's own marked with its
+/// group-version-kind as kube-apiserver does.
+fn add_builtin_schemas(resource: &ResourceType, schemas: &mut Map<String, Value>) {
+    let Some((name, definitions)) = BUILTIN
+        .iter()
+        .find(|((group, kind), _)| *group == resource.group && *kind == resource.kind)
+        .map(|(_, schemas)| schemas)
+    else {
+        return;
+    };
+    for (key, schema) in definitions {
+        schemas.entry(key.clone()).or_insert_with(|| schema.clone());
+    }
+    if let Some(own) = schemas.get_mut(name).and_then(Value::as_object_mut) {
+        own.insert(
+            "x-kubernetes-group-version-kind".into(),
+            json!([gvk(resource)]),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -87,9 +87,12 @@ struct Shared {
     server_address: String,
 }
 
+/// How often history older than one interval is compacted away.
+pub const COMPACTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Starts the API server over `store`: certificates and kubeconfig in the
-/// data dir, bootstrap objects, the controllers and the HTTPS listener, all
-/// on `tracker` and stopped by `token`.
+/// data dir, bootstrap objects, the controllers, the compactor and the
+/// HTTPS listener, all on `tracker` and stopped by `token`.
 pub async fn start(
     config: ApiServerConfig,
     store: Arc<dyn Store>,
@@ -115,7 +118,7 @@ pub async fn start(
     let catalog = Catalog::new();
     let api = Api {
         catalog: catalog.clone(),
-        objects: Objects::new(store),
+        objects: Objects::new(Arc::clone(&store)),
         limits: Limits {
             max_body_bytes: config.max_request_body_bytes,
         },
@@ -132,6 +135,15 @@ pub async fn start(
         .map_err(StartError::Bootstrap)?;
     tracker.spawn(controllers::run(api.clone(), settings, token.clone()));
     tracker.spawn(crd::run(api.clone(), token.clone()));
+    // Bounded history, as kube-apiserver compacts etcd every 5 minutes.
+    let compactor = kedge_store::run_compactor(Arc::clone(&store), COMPACTION_INTERVAL);
+    let compactor_token = token.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            () = compactor => {}
+            () = compactor_token.cancelled() => {}
+        }
+    });
 
     let token_file = config.data_dir.join(auth::TOKEN_FILE);
     let tokens = if token_file.exists() {

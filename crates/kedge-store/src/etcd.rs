@@ -10,6 +10,9 @@ use etcd_client::{
 
 use crate::{Event, EventStream, KeyValue, ListRequest, ListResponse, Store, StoreError};
 
+/// Keys read per etcd range request when listing.
+const LIST_PAGE: usize = 1000;
+
 /// A [`Store`] in etcd.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -108,8 +111,11 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, request: ListRequest) -> Result<ListResponse, StoreError> {
+        // etcd answers at most one gRPC message (4 MiB by default) per
+        // range: read in pages at one revision until the limit or the end.
         let end = crate::prefix_end(&request.prefix);
-        let start: Vec<u8> = match &request.start_after {
+        let range_end = if end.is_empty() { vec![0] } else { end };
+        let mut start: Vec<u8> = match &request.start_after {
             Some(after) if after.as_str() >= request.prefix.as_str() => {
                 let mut key = after.as_bytes().to_vec();
                 key.push(0);
@@ -117,25 +123,59 @@ impl Store for EtcdStore {
             }
             _ => request.prefix.as_bytes().to_vec(),
         };
-        let mut options = GetOptions::new().with_range(if end.is_empty() { vec![0] } else { end });
         let requested = request.revision.filter(|r| *r > 0);
-        if let Some(revision) = requested {
-            options = options.with_revision(revision);
+        let mut revision = requested;
+        let mut items = Vec::new();
+        // Keys per range request; shrunk when a page of large values
+        // exceeds the gRPC message limit.
+        let mut page = LIST_PAGE;
+        loop {
+            let wanted = request
+                .limit
+                .map_or(page, |limit| (limit - items.len()).min(page));
+            let mut options = GetOptions::new()
+                .with_range(range_end.clone())
+                .with_limit(i64::try_from(wanted).unwrap_or(i64::MAX));
+            if let Some(revision) = revision {
+                options = options.with_revision(revision);
+            }
+            let response = match self
+                .client
+                .kv_client()
+                .get(start.clone(), Some(options))
+                .await
+            {
+                Ok(response) => response,
+                Err(error)
+                    if page > 1 && error.to_string().contains("message length too large") =>
+                {
+                    page = (page / 4).max(1);
+                    continue;
+                }
+                Err(error) => return Err(self.translate(error, requested.unwrap_or(0))),
+            };
+            page = (page * 2).min(LIST_PAGE);
+            let at = *revision.get_or_insert_with(|| revision_of(response.header()));
+            items.extend(response.kvs().iter().map(key_value));
+            let more = response.more();
+            let full = request.limit.is_some_and(|limit| items.len() >= limit);
+            if full || !more {
+                return Ok(ListResponse {
+                    items,
+                    revision: at,
+                    more,
+                });
+            }
+            let Some(last) = items.last() else {
+                return Ok(ListResponse {
+                    items,
+                    revision: at,
+                    more,
+                });
+            };
+            start = last.key.as_bytes().to_vec();
+            start.push(0);
         }
-        if let Some(limit) = request.limit {
-            options = options.with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-        }
-        let response = self
-            .client
-            .kv_client()
-            .get(start, Some(options))
-            .await
-            .map_err(|e| self.translate(e, requested.unwrap_or(0)))?;
-        Ok(ListResponse {
-            items: response.kvs().iter().map(key_value).collect(),
-            revision: requested.unwrap_or_else(|| revision_of(response.header())),
-            more: response.more(),
-        })
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<i64, StoreError> {

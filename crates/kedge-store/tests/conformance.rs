@@ -386,6 +386,29 @@ async fn conditional_updates_race_without_lost_writes(store: Arc<dyn Store>) {
     assert_eq!(kv.value, b"40");
 }
 
+async fn large_lists_come_back_whole(store: Arc<dyn Store>) {
+    // More than etcd's 4 MiB gRPC message limit in one unpaged list.
+    let value = vec![b'x'; 32 * 1024];
+    for i in 0..200 {
+        store
+            .create(&format!("/big/{i:04}"), value.clone())
+            .await
+            .unwrap();
+    }
+    let all = store.list(list("/big/")).await.unwrap();
+    assert_eq!(all.items.len(), 200);
+    assert!(!all.more);
+    assert_eq!(all.items[199].key, "/big/0199");
+    let limited = store
+        .list(ListRequest {
+            limit: Some(150),
+            ..list("/big/")
+        })
+        .await
+        .unwrap();
+    assert_eq!((limited.items.len(), limited.more), (150, true));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -424,6 +447,7 @@ conformance!(
     compaction_forgets_old_revisions,
     concurrent_creates_have_one_winner,
     conditional_updates_race_without_lost_writes,
+    large_lists_come_back_whole,
 );
 
 /// SQLite keeps everything across a restart, and revisions go on.
