@@ -419,6 +419,86 @@ spec:
     assert!(error.contains("spec.size"), "{error}");
     cloud.ok(&["delete", "widget", "w1"]);
     cloud.ok(&["delete", "crd", "widgets.example.com"]);
+
+    // Cluster scope, two served versions sharing one storage version, the
+    // status subresource kept apart from the main resource, printer columns.
+    let gadgets = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.example.com
+spec:
+  group: example.com
+  scope: Cluster
+  names: {plural: gadgets, singular: gadget, kind: Gadget}
+  versions:
+  - name: v1beta1
+    served: true
+    storage: false
+    schema: {openAPIV3Schema: {type: object, properties: {spec: {type: object, properties: {level: {type: integer}}}}}}
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Level, type: integer, jsonPath: .spec.level}
+    schema: {openAPIV3Schema: {type: object, properties: {spec: {type: object, properties: {level: {type: integer}}}, status: {type: object, properties: {ok: {type: boolean}}}}}}
+"#;
+    cloud.ok_with_input(&["apply", "-f", "-"], gadgets);
+    cloud.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/gadgets.example.com",
+        "--timeout=30s",
+    ]);
+    cloud.ok_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: example.com/v1beta1\nkind: Gadget\nmetadata: {name: g1}\nspec: {level: 3}\n",
+    );
+    let table = cloud.ok(&["get", "gadgets"]);
+    assert!(table.contains("LEVEL") && table.contains('3'), "{table}");
+    assert_eq!(
+        cloud.ok(&["get", "gadget", "g1", "-o", "jsonpath={.apiVersion}"]),
+        "example.com/v1"
+    );
+    assert_eq!(
+        cloud.ok(&[
+            "get",
+            "gadgets.v1beta1.example.com",
+            "g1",
+            "-o",
+            "jsonpath={.apiVersion} {.spec.level}"
+        ]),
+        "example.com/v1beta1 3"
+    );
+    cloud.ok(&[
+        "patch",
+        "gadget",
+        "g1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"ok":true}}"#,
+    ]);
+    cloud.ok(&[
+        "patch",
+        "gadget",
+        "g1",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"ok":false},"spec":{"level":4}}"#,
+    ]);
+    assert_eq!(
+        cloud.ok(&[
+            "get",
+            "gadget",
+            "g1",
+            "-o",
+            "jsonpath={.status.ok} {.spec.level}"
+        ]),
+        "true 4"
+    );
+    cloud.ok(&["delete", "crd", "gadgets.example.com"]);
     cloud
         .eventually(&["get", "crd", "widgets.example.com"], |out| {
             out.contains("NotFound")
