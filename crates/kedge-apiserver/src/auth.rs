@@ -562,7 +562,11 @@ impl RequestAttributes {
             .trim_matches('/')
             .split('/')
             .filter(|part| !part.is_empty())
-            .map(percent_decode)
+            .map(|part| {
+                percent_encoding::percent_decode_str(part)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
             .collect();
         if parts.len() < 3 || !(parts[0] == "api" || parts[0] == "apis") {
             return non_resource(path);
@@ -613,12 +617,12 @@ impl RequestAttributes {
         }
         attributes.resource = parts[0].clone();
 
-        let query = parse_query(uri.query().unwrap_or_default());
-        let selector = query
-            .iter()
-            .find(|(key, _)| key == "fieldSelector")
-            .map(|(_, value)| value.as_str());
-        let selector = selector.map(field_selector_equalities);
+        let query = crate::request::Query::parse(uri.query());
+        let selector = query.get("fieldSelector").map(|text| {
+            crate::selector::FieldSelector::parse(text)
+                .map(|s| s.equalities())
+                .ok()
+        });
         if let Some(Some(terms)) = &selector {
             attributes.field_selector_node = terms
                 .iter()
@@ -626,11 +630,7 @@ impl RequestAttributes {
                 .map(|(_, value)| value.clone());
         }
         if attributes.name.is_empty() && attributes.verb == "get" {
-            let watch = query
-                .iter()
-                .find(|(key, _)| key == "watch")
-                .map(|(_, value)| value.as_str());
-            let watch = matches!(watch, Some("1" | "t" | "T" | "true" | "TRUE" | "True"));
+            let watch = query.flag("watch").unwrap_or(false);
             attributes.verb = if watch { "watch" } else { "list" }.to_owned();
             if let Some(Some(terms)) = &selector
                 && let Some((_, name)) = terms.iter().find(|(field, _)| field == "metadata.name")
@@ -646,100 +646,9 @@ impl RequestAttributes {
     }
 }
 
-/// The `field=value` and `field==value` terms of a field selector; `None` if
-/// it does not parse.
-fn field_selector_equalities(selector: &str) -> Option<Vec<(String, String)>> {
-    let mut terms = Vec::new();
-    for term in split_unescaped(selector, ',') {
-        if term.is_empty() {
-            continue;
-        }
-        if term.contains("!=") {
-            continue;
-        }
-        let (field, value) = term.split_once("==").or_else(|| term.split_once('='))?;
-        terms.push((field.trim().to_owned(), unescape_selector_value(value)));
-    }
-    Some(terms)
-}
-
-/// Splits on `separator` where it is not escaped by a backslash.
-fn split_unescaped(text: &str, separator: char) -> Vec<String> {
-    let mut parts = Vec::new();
-    let mut current = String::new();
-    let mut escaped = false;
-    for c in text.chars() {
-        if escaped {
-            current.push(c);
-            escaped = false;
-        } else if c == '\\' {
-            current.push(c);
-            escaped = true;
-        } else if c == separator {
-            parts.push(std::mem::take(&mut current));
-        } else {
-            current.push(c);
-        }
-    }
-    parts.push(current);
-    parts
-}
-
-/// A field selector value with its `\,`, `\=` and `\\` escapes undone.
-fn unescape_selector_value(value: &str) -> String {
-    let mut out = String::new();
-    let mut chars = value.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(next) = chars.next() {
-                out.push(next);
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Whether `name` may be a path segment (`path.IsValidPathSegmentName`).
 fn valid_path_segment(name: &str) -> bool {
     name != "." && name != ".." && !name.contains('/') && !name.contains('%')
-}
-
-/// The decoded `key=value` pairs of a query string.
-fn parse_query(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (
-                percent_decode(&key.replace('+', " ")),
-                percent_decode(&value.replace('+', " ")),
-            )
-        })
-        .collect()
-}
-
-/// `%XX` escapes decoded; invalid escapes are kept as they are.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = bytes.get(i + 1..i + 3)
-            && let Ok(hex) = std::str::from_utf8(hex)
-            && let Ok(byte) = u8::from_str_radix(hex, 16)
-        {
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 // === the node graph ===

@@ -372,6 +372,16 @@ impl FieldSelector {
         Ok(())
     }
 
+    /// The `field=value` requirements (inequalities left out), as the node
+    /// authorizer reads them.
+    pub fn equalities(&self) -> Vec<(String, String)> {
+        self.requirements
+            .iter()
+            .filter(|r| r.equal)
+            .map(|r| (r.field.clone(), r.value.clone()))
+            .collect()
+    }
+
     /// Whether `object` satisfies every requirement.
     pub fn matches(&self, _group: &str, kind: &str, object: &Value) -> bool {
         self.requirements.iter().all(|requirement| {
