@@ -105,21 +105,32 @@ async fn run(backend_name: &str, etcd: bool) {
     stream::iter(0..pods_total)
         .map(|i| {
             let pods = pods.clone();
+            let cloud = &cloud;
             async move {
-                pods.create(&PostParams::default(), &pod(&format!("p{i:06}"), None))
+                if let Err(error) = pods
+                    .create(&PostParams::default(), &pod(&format!("p{i:06}"), None))
                     .await
-                    .expect("create");
+                {
+                    let log = cloud.log();
+                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                    panic!(
+                        "create failed: {error}; cloudcore log (newest first):\n{}",
+                        tail.join("\n")
+                    );
+                }
             }
         })
         .buffer_unordered(CONCURRENT_CREATES)
         .collect::<Vec<()>>()
         .await;
     let create_secs = started.elapsed().as_secs_f64();
+    let rss_after_creates = peak_rss_mib(cloud.pid());
 
     // 2. One unpaged list of everything.
     let started = Instant::now();
     let listed = pods.list(&ListParams::default()).await.expect("list");
     let list_secs = started.elapsed().as_secs_f64();
+    let rss_after_list = peak_rss_mib(cloud.pid());
     assert_eq!(listed.items.len(), pods_total);
     let revision = listed.metadata.resource_version.clone().expect("rv");
     drop(listed);
@@ -196,7 +207,10 @@ async fn run(backend_name: &str, etcd: bool) {
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99)
     );
-    println!("  cloudcore peak RSS {:.0} MiB", peak_rss_mib(cloud.pid()));
+    println!(
+        "  cloudcore peak RSS {rss_after_creates:.0} MiB after the creates, {rss_after_list:.0} MiB after the list, {:.0} MiB at the end",
+        peak_rss_mib(cloud.pid())
+    );
     cloud.stop().await;
 }
 

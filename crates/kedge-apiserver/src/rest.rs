@@ -239,12 +239,7 @@ impl Api {
         if let Some(token) = page.continue_token {
             metadata["continue"] = json!(token);
         }
-        Ok(Reply::ok(json!({
-            "kind": resource.list_kind,
-            "apiVersion": resource.api_version(),
-            "metadata": metadata,
-            "items": items,
-        })))
+        Ok(Reply::ok(list_body(resource, metadata, items)))
     }
 
     /// The revision a list reads at, from `resourceVersion` and
@@ -338,7 +333,7 @@ impl Api {
             } else {
                 object
             };
-            Bytes::from(format!("{}\n", json!({"type": kind, "object": object})))
+            watch_event_line(kind, &object)
         };
         let stream = watch_stream(WatchPlan {
             resource_kind: (
@@ -973,13 +968,34 @@ impl Api {
                 Err(error) => return Err(error),
             }
         }
-        Ok(Reply::ok(json!({
-            "kind": resource.list_kind,
-            "apiVersion": resource.api_version(),
-            "metadata": {"resourceVersion": page.resource_version},
-            "items": items,
-        })))
+        let metadata = json!({"resourceVersion": page.resource_version});
+        Ok(Reply::ok(list_body(resource, metadata, items)))
     }
+}
+
+/// One watch event as a line of JSON, written without copying the object
+/// into a new value first.
+fn watch_event_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = Vec::with_capacity(256);
+    line.extend_from_slice(b"{\"type\":");
+    line.extend_from_slice(json!(kind).to_string().as_bytes());
+    line.extend_from_slice(b",\"object\":");
+    if serde_json::to_writer(&mut line, object).is_err() {
+        line.extend_from_slice(b"null");
+    }
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
+}
+
+/// A `<Kind>List` of `items`. Built by hand: `json!` would serialise the
+/// items into a copy, doubling the memory of a large list.
+fn list_body(resource: &ResourceType, metadata: Value, items: Vec<Value>) -> Value {
+    let mut body = serde_json::Map::new();
+    body.insert("kind".to_owned(), json!(resource.list_kind));
+    body.insert("apiVersion".to_owned(), json!(resource.api_version()));
+    body.insert("metadata".to_owned(), metadata);
+    body.insert("items".to_owned(), Value::Array(items));
+    Value::Object(body)
 }
 
 /// The finalizers of an object.

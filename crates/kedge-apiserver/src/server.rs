@@ -203,14 +203,21 @@ fn json_response(
     let code = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
     let (text, content_type) = match representation {
         Representation::Yaml => match serde_saphyr::to_string(body) {
-            Ok(text) => (text, codec::YAML),
+            Ok(text) => (text.into_bytes(), codec::YAML),
             Err(error) => {
                 return status_response(&StatusError::internal(format!(
                     "cannot encode YAML: {error}"
                 )));
             }
         },
-        _ => (body.to_string(), content_type),
+        _ => match serde_json::to_vec(body) {
+            Ok(bytes) => (bytes, content_type),
+            Err(error) => {
+                return status_response(&StatusError::internal(format!(
+                    "cannot encode JSON: {error}"
+                )));
+            }
+        },
     };
     let mut response = (code, text).into_response();
     response

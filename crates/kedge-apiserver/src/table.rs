@@ -788,13 +788,18 @@ pub fn table(
     if let Some(token) = continue_token {
         metadata["continue"] = json!(token);
     }
-    Ok(json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": metadata,
-        "columnDefinitions": definitions(&columns),
-        "rows": items.iter().map(|item| row(&columns, item, include)).collect::<Vec<_>>(),
-    }))
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|item| row(&columns, item, include))
+        .collect();
+    // Built by hand: `json!` would serialise the rows into a copy.
+    let mut table = serde_json::Map::new();
+    table.insert("kind".to_owned(), json!("Table"));
+    table.insert("apiVersion".to_owned(), json!("meta.k8s.io/v1"));
+    table.insert("metadata".to_owned(), metadata);
+    table.insert("columnDefinitions".to_owned(), definitions(&columns));
+    table.insert("rows".to_owned(), Value::Array(rows));
+    Ok(Value::Object(table))
 }
 
 /// A watch event's object as a one-row Table.

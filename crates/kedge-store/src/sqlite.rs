@@ -274,45 +274,67 @@ fn writer(mut conn: Connection, mut queue: mpsc::Receiver<Write>, shared: &Share
         }
         let mut done = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
-        let committed = (|| -> Result<(), rusqlite::Error> {
-            let tx = conn.transaction()?;
+        let mut failure: Option<String> = None;
+        match conn.transaction() {
+            Ok(tx) => {
+                for write in batch.drain(..) {
+                    if let Some(error) = &failure {
+                        // The batch is rolled back: later writes fail too.
+                        done.push(refuse(write, error));
+                    } else {
+                        done.push(apply(&tx, write, &mut events, &mut failure));
+                    }
+                }
+                if failure.is_none()
+                    && let Err(error) = tx.commit()
+                {
+                    failure = Some(error.to_string());
+                }
+            }
+            Err(error) => failure = Some(error.to_string()),
+        }
+        if let Some(error) = &failure {
+            tracing::error!(%error, "store transaction failed; nothing of it was written");
+            let failed = StoreError::Backend(error.clone());
             for write in batch.drain(..) {
-                done.push(apply(&tx, write, &mut events)?);
+                done.push(refuse(write, error));
             }
-            tx.commit()
-        })();
-        match committed {
-            Ok(()) => {
-                if let Some(last) = events.last() {
-                    let last: &Arc<Event> = last;
-                    shared.current.store(last.revision(), Ordering::SeqCst);
-                }
-                for event in events {
-                    // No receivers is fine: nobody watches.
-                    let _ = shared.events.send(event);
-                }
-                for item in done {
-                    match item {
-                        Done::Revision(reply, result) => drop(reply.send(result)),
-                        Done::Deleted(reply, result) => drop(reply.send(result)),
-                        Done::Compacted(reply, result) => drop(reply.send(result)),
-                    }
+            for item in done {
+                match item {
+                    Done::Revision(reply, _) => drop(reply.send(Err(failed.clone()))),
+                    Done::Deleted(reply, _) => drop(reply.send(Err(failed.clone()))),
+                    Done::Compacted(reply, _) => drop(reply.send(Err(failed.clone()))),
                 }
             }
-            Err(error) => {
-                tracing::error!(%error, "store transaction failed; nothing of it was written");
-                let failed = StoreError::Backend(error.to_string());
-                for item in done {
-                    match item {
-                        Done::Revision(reply, _) => drop(reply.send(Err(failed.clone()))),
-                        Done::Deleted(reply, _) => drop(reply.send(Err(failed.clone()))),
-                        Done::Compacted(reply, _) => drop(reply.send(Err(failed.clone()))),
-                    }
-                }
-                // Writes of the batch not reached yet were dropped with
-                // the batch: their senders see the store as closed.
+            continue;
+        }
+        if let Some(last) = events.last() {
+            let last: &Arc<Event> = last;
+            shared.current.store(last.revision(), Ordering::SeqCst);
+        }
+        for event in events {
+            // No receivers is fine: nobody watches.
+            let _ = shared.events.send(event);
+        }
+        for item in done {
+            match item {
+                Done::Revision(reply, result) => drop(reply.send(result)),
+                Done::Deleted(reply, result) => drop(reply.send(result)),
+                Done::Compacted(reply, result) => drop(reply.send(result)),
             }
         }
+    }
+}
+
+/// A write not applied because its batch failed.
+fn refuse(write: Write, error: &str) -> Done {
+    let failed = || StoreError::Backend(error.to_owned());
+    match write {
+        Write::Create { reply, .. } | Write::Update { reply, .. } => {
+            Done::Revision(reply, Err(failed()))
+        }
+        Write::Delete { reply, .. } => Done::Deleted(reply, Err(failed())),
+        Write::Compact { reply, .. } => Done::Compacted(reply, Err(failed())),
     }
 }
 
@@ -348,129 +370,182 @@ fn latest_in(tx: &rusqlite::Transaction<'_>, name: &str) -> Result<Option<Row>, 
 }
 
 /// Applies one write inside the batch transaction. Logical refusals
-/// (exists, conflict, not found) are results; only SQL failures abort.
+/// (exists, conflict, not found) are results; an SQL failure is recorded in
+/// `failure`, and the caller rolls the whole batch back.
 fn apply(
     tx: &rusqlite::Transaction<'_>,
     write: Write,
     events: &mut Vec<Arc<Event>>,
-) -> Result<Done, rusqlite::Error> {
-    Ok(match write {
+    failure: &mut Option<String>,
+) -> Done {
+    match write {
         Write::Create { key, value, reply } => {
-            let result = match latest_in(tx, &key)? {
-                Some((_, false, _, _)) => Err(StoreError::AlreadyExists),
-                _ => {
-                    let id = insert(tx, &key, false, None, 0, &value)?;
-                    events.push(Arc::new(Event::Put {
-                        kv: KeyValue {
-                            key,
-                            value,
-                            create_revision: id,
-                            mod_revision: id,
-                        },
-                        prev: None,
-                    }));
-                    Ok(id)
-                }
-            };
-            Done::Revision(reply, result)
+            Done::Revision(reply, settle(create(tx, key, value, events), failure))
         }
         Write::Update {
             key,
             value,
             expected,
             reply,
-        } => {
-            let result = match latest_in(tx, &key)? {
-                None | Some((_, true, _, _)) => Err(StoreError::NotFound),
-                Some((current, false, _, _)) if expected.is_some_and(|e| e != current) => {
-                    Err(StoreError::Conflict { current })
-                }
-                Some((current, false, created, old)) => {
-                    let id = insert(tx, &key, false, Some(created), current, &value)?;
-                    events.push(Arc::new(Event::Put {
-                        kv: KeyValue {
-                            key: key.clone(),
-                            value,
-                            create_revision: created,
-                            mod_revision: id,
-                        },
-                        prev: Some(KeyValue {
-                            key,
-                            value: old,
-                            create_revision: created,
-                            mod_revision: current,
-                        }),
-                    }));
-                    Ok(id)
-                }
-            };
-            Done::Revision(reply, result)
-        }
+        } => Done::Revision(
+            reply,
+            settle(update(tx, key, value, expected, events), failure),
+        ),
         Write::Delete {
             key,
             expected,
             reply,
-        } => {
-            let result = match latest_in(tx, &key)? {
-                None | Some((_, true, _, _)) => Err(StoreError::NotFound),
-                Some((current, false, _, _)) if expected.is_some_and(|e| e != current) => {
-                    Err(StoreError::Conflict { current })
-                }
-                Some((current, false, created, old)) => {
-                    let id = insert(tx, &key, true, Some(created), current, &old)?;
-                    let prev = KeyValue {
-                        key,
-                        value: old,
-                        create_revision: created,
-                        mod_revision: current,
-                    };
-                    events.push(Arc::new(Event::Delete {
-                        prev: prev.clone(),
-                        revision: id,
-                    }));
-                    Ok(prev)
-                }
-            };
-            Done::Deleted(reply, result)
-        }
+        } => Done::Deleted(reply, settle(delete(tx, key, expected, events), failure)),
         Write::Compact { revision, reply } => {
-            let current: i64 = tx
-                .query_row(
-                    "SELECT seq FROM sqlite_sequence WHERE name = 'kv'",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .unwrap_or(0);
-            let done: i64 = tx
-                .query_row("SELECT value FROM meta WHERE key = 'compacted'", [], |r| {
-                    r.get(0)
-                })
-                .optional()?
-                .unwrap_or(0);
-            let result = if revision > current {
-                Err(StoreError::FutureRevision {
-                    requested: revision,
-                    current,
-                })
-            } else if revision <= done {
-                Ok(())
-            } else {
-                tx.execute(
-                    "DELETE FROM kv WHERE id <= ?1 AND (deleted = 1 OR id < \
-                     (SELECT MAX(k2.id) FROM kv k2 WHERE k2.name = kv.name AND k2.id <= ?1))",
-                    params![revision],
-                )?;
-                tx.execute(
-                    "INSERT INTO meta (key, value) VALUES ('compacted', ?1) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    params![revision],
-                )?;
-                Ok(())
-            };
-            Done::Compacted(reply, result)
+            Done::Compacted(reply, settle(compact(tx, revision, events), failure))
         }
-    })
+    }
+}
+
+/// The result of one write, with an SQL failure turned into a backend
+/// error and recorded.
+fn settle<T>(
+    outcome: Result<Result<T, StoreError>, rusqlite::Error>,
+    failure: &mut Option<String>,
+) -> Result<T, StoreError> {
+    match outcome {
+        Ok(result) => result,
+        Err(error) => {
+            let text = error.to_string();
+            *failure = Some(text.clone());
+            Err(StoreError::Backend(text))
+        }
+    }
+}
+
+fn create(
+    tx: &rusqlite::Transaction<'_>,
+    key: String,
+    value: Vec<u8>,
+    events: &mut Vec<Arc<Event>>,
+) -> Result<Result<i64, StoreError>, rusqlite::Error> {
+    let result = match latest_in(tx, &key)? {
+        Some((_, false, _, _)) => Err(StoreError::AlreadyExists),
+        _ => {
+            let id = insert(tx, &key, false, None, 0, &value)?;
+            events.push(Arc::new(Event::Put {
+                kv: KeyValue {
+                    key,
+                    value,
+                    create_revision: id,
+                    mod_revision: id,
+                },
+                prev: None,
+            }));
+            Ok(id)
+        }
+    };
+    Ok(result)
+}
+
+fn update(
+    tx: &rusqlite::Transaction<'_>,
+    key: String,
+    value: Vec<u8>,
+    expected: Option<i64>,
+    events: &mut Vec<Arc<Event>>,
+) -> Result<Result<i64, StoreError>, rusqlite::Error> {
+    let result = match latest_in(tx, &key)? {
+        None | Some((_, true, _, _)) => Err(StoreError::NotFound),
+        Some((current, false, _, _)) if expected.is_some_and(|e| e != current) => {
+            Err(StoreError::Conflict { current })
+        }
+        Some((current, false, created, old)) => {
+            let id = insert(tx, &key, false, Some(created), current, &value)?;
+            events.push(Arc::new(Event::Put {
+                kv: KeyValue {
+                    key: key.clone(),
+                    value,
+                    create_revision: created,
+                    mod_revision: id,
+                },
+                prev: Some(KeyValue {
+                    key,
+                    value: old,
+                    create_revision: created,
+                    mod_revision: current,
+                }),
+            }));
+            Ok(id)
+        }
+    };
+    Ok(result)
+}
+
+fn delete(
+    tx: &rusqlite::Transaction<'_>,
+    key: String,
+    expected: Option<i64>,
+    events: &mut Vec<Arc<Event>>,
+) -> Result<Result<KeyValue, StoreError>, rusqlite::Error> {
+    let result = match latest_in(tx, &key)? {
+        None | Some((_, true, _, _)) => Err(StoreError::NotFound),
+        Some((current, false, _, _)) if expected.is_some_and(|e| e != current) => {
+            Err(StoreError::Conflict { current })
+        }
+        Some((current, false, created, old)) => {
+            let id = insert(tx, &key, true, Some(created), current, &old)?;
+            let prev = KeyValue {
+                key,
+                value: old,
+                create_revision: created,
+                mod_revision: current,
+            };
+            events.push(Arc::new(Event::Delete {
+                prev: prev.clone(),
+                revision: id,
+            }));
+            Ok(prev)
+        }
+    };
+    Ok(result)
+}
+
+fn compact(
+    tx: &rusqlite::Transaction<'_>,
+    revision: i64,
+    _events: &mut Vec<Arc<Event>>,
+) -> Result<Result<(), StoreError>, rusqlite::Error> {
+    let current: i64 = tx
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'kv'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let done: i64 = tx
+        .query_row("SELECT value FROM meta WHERE key = 'compacted'", [], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .unwrap_or(0);
+    let result = if revision > current {
+        Err(StoreError::FutureRevision {
+            requested: revision,
+            current,
+        })
+    } else if revision <= done {
+        Ok(())
+    } else {
+        tx.execute(
+            "DELETE FROM kv WHERE id <= ?1 AND (deleted = 1 OR id < \
+             (SELECT MAX(k2.id) FROM kv k2 WHERE k2.name = kv.name AND k2.id <= ?1))",
+            params![revision],
+        )?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('compacted', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![revision],
+        )?;
+        Ok(())
+    };
+    Ok(result)
 }
 
 fn check_revision(conn: &Connection, requested: i64, current: i64) -> Result<(), StoreError> {
