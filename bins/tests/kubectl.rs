@@ -345,9 +345,34 @@ async fn pods_watch_and_delete(cloud: &Cloud) {
     let error = cloud.fails(&["exec", "probe", "--", "true"]);
     assert!(error.contains("not available"), "{error}");
     cloud.ok(&["delete", "pod", "probe"]);
+    // Read the watch as it prints, until the deletion shows or the deadline.
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
+    let mut events = String::new();
+    while !events.contains("DELETED") {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok(line) => {
+                events.push_str(&line);
+                events.push('\n');
+            }
+            Err(_) => break,
+        }
+    }
     let _ = watch.kill();
-    let output = watch.wait_with_output().expect("watch output");
-    let events = String::from_utf8_lossy(&output.stdout);
+    let _ = watch.wait();
     assert!(
         events.contains("ADDED") && events.contains("probe"),
         "{events}"
