@@ -43,6 +43,7 @@ on_both_backends!(
     bad_input_is_refused_cleanly,
     cascading_deletion,
     nodes_are_held_to_their_own_objects,
+    pods_are_scheduled,
 );
 
 async fn discovery_and_version(cloud: &Cloud) {
@@ -801,4 +802,53 @@ async fn nodes_are_held_to_their_own_objects(cloud: &Cloud) {
             .contains("forbidden"),
         "{denied:?}"
     );
+}
+
+/// The scheduler binds pending pods to fitting nodes, reports the ones that
+/// fit nowhere, and binds them when a node that fits appears.
+async fn pods_are_scheduled(cloud: &Cloud) {
+    let node = |name: &str, zone: &str, cpu: &str| {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{zone: \"{zone}\"}}\nstatus:\n  allocatable: {{cpu: \"{cpu}\", memory: 8Gi, pods: \"10\"}}\n  capacity: {{cpu: \"{cpu}\", memory: 8Gi, pods: \"10\"}}\n"
+        )
+    };
+    cloud.ok_with_input(&["create", "-f", "-"], &node("node-a", "x", "1"));
+    cloud.ok_with_input(&["create", "-f", "-"], &node("node-b", "y", "2"));
+    let pod = |name: &str, cpu: &str, selector: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeSelector: {{{selector}}}\n  containers:\n  - name: c\n    image: registry.local/app:1\n    resources: {{requests: {{cpu: \"{cpu}\"}}}}\n"
+        )
+    };
+    cloud.ok_with_input(&["create", "-f", "-"], &pod("in-x", "500m", "zone: \"x\""));
+    cloud
+        .eventually(
+            &["get", "pod", "in-x", "-o", "jsonpath={.spec.nodeName}"],
+            |out| out == "node-a",
+        )
+        .await;
+    cloud.ok_with_input(&["create", "-f", "-"], &pod("too-big", "8", ""));
+    cloud
+        .eventually(
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=too-big,reason=FailedScheduling",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ],
+            |out| out.contains("0/2 nodes are available") && out.contains("Insufficient cpu"),
+        )
+        .await;
+    assert_eq!(
+        cloud.ok(&["get", "pod", "too-big", "-o", "jsonpath={.spec.nodeName}"]),
+        ""
+    );
+    cloud.ok_with_input(&["create", "-f", "-"], &node("node-big", "z", "16"));
+    cloud
+        .eventually(
+            &["get", "pod", "too-big", "-o", "jsonpath={.spec.nodeName}"],
+            |out| out == "node-big",
+        )
+        .await;
 }

@@ -1,6 +1,7 @@
 //! The embedded control plane as a cloudcore module: it opens the cluster
 //! store (SQLite in `controlPlane.dataDir`, or etcd), starts the
-//! Kubernetes-compatible API server on it, and stops both with cloudcore.
+//! Kubernetes-compatible API server on it, runs the scheduler against it,
+//! and stops them all with cloudcore.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -51,6 +52,20 @@ impl ControlPlaneModule {
     }
 }
 
+/// A Kubernetes client for the admin kubeconfig at `path`.
+async fn admin_client(path: &std::path::Path) -> Result<kube::Client, ModuleError> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .map_err(|error| format!("cannot use {}: {error}", path.display()))?;
+    Ok(kube::Client::try_from(config)
+        .map_err(|error| format!("cannot build the API client: {error}"))?)
+}
+
 impl Module for ControlPlaneModule {
     fn name(&self) -> &str {
         MODULE
@@ -91,6 +106,10 @@ impl Module for ControlPlaneModule {
         let token = ctx.token().child_token();
         let running = server::start(config, store, token.clone(), &tracker).await?;
         tracing::info!(url = %running.url, kubeconfig = %running.admin_kubeconfig.display(), "embedded control plane ready");
+        // The scheduler is a client of the API, over loopback with the
+        // admin credentials, like any other.
+        let client = admin_client(&running.admin_kubeconfig).await?;
+        tracker.spawn(kedge_controllers::scheduler::run(client, token.clone()));
         ctx.set_ready();
         // The control plane takes no bus messages; drain them until shutdown.
         while let Some(message) = ctx.recv().await {
