@@ -140,10 +140,36 @@ async fn crud_and_watch(cloud: &Cloud) {
     assert!(seen.iter().any(|s| s == "apply 2"), "{seen:?}");
 }
 
+/// A streaming list ends its initial events with a BOOKMARK whose object
+/// carries the watched kind: client-go refuses one without it.
+fn bookmarks_name_the_watched_kind(cloud: &Cloud) {
+    let out = cloud.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?watch=true&allowWatchBookmarks=true\
+         &sendInitialEvents=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1",
+    ]);
+    let bookmarks: Vec<serde_json::Value> = out
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("event line"))
+        .filter(|event| event["type"] == "BOOKMARK")
+        .collect();
+    assert!(!bookmarks.is_empty(), "no bookmark in:\n{out}");
+    for bookmark in bookmarks {
+        assert_eq!(bookmark["object"]["kind"], "ConfigMap", "{bookmark}");
+        assert_eq!(bookmark["object"]["apiVersion"], "v1", "{bookmark}");
+        assert_eq!(
+            bookmark["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true",
+            "{bookmark}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_rs_crud_and_watcher_on_sqlite() {
     let cloud = Cloud::start(Backend::start(false).await).await;
     crud_and_watch(&cloud).await;
+    bookmarks_name_the_watched_kind(&cloud);
     cloud.stop().await;
 }
 

@@ -278,9 +278,23 @@ impl ListOptions {
                     "resourceVersionMatch: Unsupported value: {rv_match:?}: supported values: \"Exact\", \"NotOlderThan\""
                 )));
             }
-            if options.resource_version.is_none() {
+            // A streaming list (a watch with sendInitialEvents) may start
+            // from no resourceVersion; anything else names one.
+            if options.resource_version.is_none() && options.send_initial_events.is_none() {
                 return Err(StatusError::bad_request(
                     "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                ));
+            }
+        }
+        if options.send_initial_events.is_some() {
+            if options.resource_version_match.as_deref() != Some("NotOlderThan") {
+                return Err(StatusError::bad_request(
+                    "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                ));
+            }
+            if !options.allow_bookmarks {
+                return Err(StatusError::bad_request(
+                    "allowWatchBookmarks must be set to true when sendInitialEvents is set",
                 ));
             }
         }
@@ -363,11 +377,20 @@ mod tests {
         assert_eq!(options.limit, Some(500));
         assert_eq!(options.label_selector, "app=x");
         assert!(options.allow_bookmarks);
+        // A streaming list starts from no resourceVersion.
+        let query = Query::parse(Some(
+            "watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+        ));
+        let options = ListOptions::from_query(&query).expect("streaming list");
+        assert_eq!(options.send_initial_events, Some(true));
+        assert!(options.resource_version.is_none());
         for bad in [
             "limit=-1",
             "resourceVersionMatch=Exact",
             "continue=abc&resourceVersion=5",
             "allowWatchBookmarks=maybe",
+            "sendInitialEvents=true&allowWatchBookmarks=true",
+            "sendInitialEvents=true&resourceVersionMatch=NotOlderThan",
         ] {
             let query = Query::parse(Some(bad));
             assert_eq!(

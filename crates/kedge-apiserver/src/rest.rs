@@ -325,6 +325,7 @@ impl Api {
             .timeout_seconds
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_WATCH_TIMEOUT);
+        let resource_kind = (resource_api_version(&options, call), resource.kind.clone());
         let resource = resource.clone();
         let query = call.query.clone();
         let encode = move |kind: &str, object: Value| -> Bytes {
@@ -336,10 +337,7 @@ impl Api {
             watch_event_line(kind, &object)
         };
         let stream = watch_stream(WatchPlan {
-            resource_kind: (
-                resource_api_version(&options, call),
-                call.request.resource.clone(),
-            ),
+            resource_kind,
             initial: initial_items,
             start,
             changes,
@@ -711,7 +709,7 @@ impl Api {
                     name,
                     &format!(
                         "pod {name} is already assigned to node {:?}",
-                        old["spec"]["nodeName"]
+                        old["spec"]["nodeName"].as_str().unwrap_or_default()
                     ),
                 ));
             }
@@ -1200,7 +1198,7 @@ struct WatchPlan {
 /// the timeout.
 fn watch_stream(plan: WatchPlan) -> impl Stream<Item = Bytes> + Send {
     let WatchPlan {
-        resource_kind: (api_version, _plural),
+        resource_kind: (api_version, kind),
         initial,
         start,
         mut changes,
@@ -1223,7 +1221,9 @@ fn watch_stream(plan: WatchPlan) -> impl Stream<Item = Bytes> + Send {
             if end {
                 metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
             }
-            json!({"kind": "", "apiVersion": api_version, "metadata": metadata})
+            // client-go refuses a bookmark without the kind of the watched
+            // resource.
+            json!({"kind": kind, "apiVersion": api_version, "metadata": metadata})
         };
         if initial_events_end && bookmarks {
             yield encode("BOOKMARK", bookmark(start, true));
