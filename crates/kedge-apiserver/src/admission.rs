@@ -106,6 +106,9 @@ impl Admission {
         if resource.group.is_empty() && resource.kind == "Service" {
             self.allocate_cluster_ip(api, resource, object).await?;
         }
+        if resource.group == "batch" && resource.kind == "Job" {
+            generate_job_selector(object)?;
+        }
         Ok(())
     }
 
@@ -264,6 +267,49 @@ impl Admission {
     }
 }
 
+/// As upstream, a Job without `manualSelector: true` selects its pods by
+/// its uid: the labels go on its template and the selector is generated;
+/// a selector given without `manualSelector` is refused.
+fn generate_job_selector(job: &mut Value) -> Result<(), StatusError> {
+    if job.pointer("/spec/manualSelector") == Some(&json!(true)) {
+        return Ok(());
+    }
+    let name = job.pointer("/metadata/name").cloned().unwrap_or_default();
+    let uid = job.pointer("/metadata/uid").cloned().unwrap_or_default();
+    if let Some(selector) = job.pointer("/spec/selector").filter(|s| !s.is_null()) {
+        let errors = [FieldError::invalid(
+            "spec.selector",
+            selector.clone(),
+            "`selector` not auto-generated",
+        )];
+        let name = name.as_str().unwrap_or_default();
+        return Err(StatusError::invalid("batch", "Job", name, &errors));
+    }
+    let Some(spec) = job.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    spec.insert(
+        "selector".into(),
+        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+    );
+    let template = spec.entry("template").or_insert_with(|| json!({}));
+    if !template.get("metadata").is_some_and(Value::is_object) {
+        template["metadata"] = json!({});
+    }
+    if !template["metadata"]
+        .get("labels")
+        .is_some_and(Value::is_object)
+    {
+        template["metadata"]["labels"] = json!({});
+    }
+    let labels = &mut template["metadata"]["labels"];
+    labels["batch.kubernetes.io/controller-uid"] = uid.clone();
+    labels["controller-uid"] = uid;
+    labels["batch.kubernetes.io/job-name"] = name.clone();
+    labels["job-name"] = name;
+    Ok(())
+}
+
 /// The JSON paths of replicas and selector for a scalable resource.
 fn scale_paths(resource: &ResourceType) -> Result<(String, String, Option<String>), StatusError> {
     if let Some(scale) = &resource.scale {
@@ -386,6 +432,26 @@ mod tests {
                 .first(),
             Ipv4Addr::new(10, 0, 0, 1)
         );
+    }
+
+    #[test]
+    fn jobs_get_a_generated_selector() {
+        let mut job = json!({"metadata": {"name": "pi", "uid": "u-1"},
+            "spec": {"template": {"spec": {"containers": []}}}});
+        generate_job_selector(&mut job).unwrap();
+        assert_eq!(
+            job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            "u-1"
+        );
+        assert_eq!(
+            job["spec"]["template"]["metadata"]["labels"]["job-name"],
+            "pi"
+        );
+        let mut chosen = json!({"metadata": {"name": "pi", "uid": "u-1"},
+            "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {}}});
+        assert!(generate_job_selector(&mut chosen).is_err());
+        chosen["spec"]["manualSelector"] = json!(true);
+        assert!(generate_job_selector(&mut chosen).is_ok());
     }
 
     #[test]

@@ -498,6 +498,12 @@ async fn garbage_collect(api: &Api, all: &[(Arc<ResourceType>, Value)]) -> Resul
                     .and_then(Value::as_array_mut)
                 {
                     refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid));
+                    // As upstream, an empty list is not kept.
+                    if refs.is_empty()
+                        && let Some(meta) = new["metadata"].as_object_mut()
+                    {
+                        meta.remove("ownerReferences");
+                    }
                 }
                 let revision = resource_version_of(child)?;
                 release(api, child_resource, child, new, revision).await?;
