@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of it.
 
+pub mod hollow;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -60,6 +62,12 @@ impl Cloud {
     /// Starts cloudcore on free loopback ports and waits until its API
     /// server answers.
     pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts cloudcore as [`start`](Self::start) does, with `adjust`
+    /// applied to its configuration first.
+    pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut CloudCoreConfig)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let output = Command::new(env!("CARGO_BIN_EXE_cloudcore"))
             .arg("--defaultconfig")
@@ -76,6 +84,7 @@ impl Cloud {
             config.control_plane.storage.backend = StorageBackend::Etcd;
             config.control_plane.storage.etcd_endpoints = vec![etcd.endpoint().to_owned()];
         }
+        adjust(&mut config);
         let config_path = dir.path().join("cloudcore.yaml");
         std::fs::write(&config_path, config.to_yaml().expect("yaml")).expect("config written");
         let child = spawn(dir.path());
@@ -104,6 +113,17 @@ impl Cloud {
         if tokio::time::timeout(DEADLINE, ready).await.is_err() {
             panic!("cloudcore did not become ready; log:\n{}", self.log());
         }
+    }
+
+    /// A kube-rs client with the admin credentials.
+    pub async fn client(&self) -> kube::Client {
+        let kubeconfig =
+            kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig parses");
+        let options = kube::config::KubeConfigOptions::default();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .expect("kubeconfig usable");
+        kube::Client::try_from(config).expect("client")
     }
 
     /// cloudcore's process id.
@@ -145,12 +165,30 @@ impl Cloud {
         let output = self.kubectl(args);
         assert!(
             output.status.success(),
-            "kubectl {args:?} failed:\nstdout: {}\nstderr: {}\ncloudcore log:\n{}",
+            "kubectl {args:?} failed:\nstdout: {}\nstderr: {}\ncluster:\n{}\ncloudcore log:\n{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr),
+            self.snapshot(),
             tail(&self.log())
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// What the workloads look like, for a failure message.
+    pub fn snapshot(&self) -> String {
+        let output = self.kubectl(&[
+            "get",
+            "deployments,replicasets,daemonsets,statefulsets,jobs,pods,endpoints",
+            "-A",
+            "-o",
+            "wide",
+            "--show-labels",
+        ]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
     }
 
     /// Runs kubectl, which must fail; returns its standard error.
@@ -190,6 +228,7 @@ impl Cloud {
     /// Polls `kubectl args` until its output satisfies `done`, or fails
     /// after [`DEADLINE`].
     pub async fn eventually(&self, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+        let last = std::sync::Mutex::new(String::new());
         let poll = async {
             loop {
                 let output = self.kubectl(args);
@@ -201,13 +240,16 @@ impl Cloud {
                 if done(&text) {
                     return text;
                 }
+                *last.lock().expect("last output") = text;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         };
         match tokio::time::timeout(DEADLINE, poll).await {
             Ok(text) => text,
             Err(_) => panic!(
-                "kubectl {args:?} never satisfied the condition; log:\n{}",
+                "kubectl {args:?} never satisfied the condition; last output:\n{}\ncluster:\n{}\nlog:\n{}",
+                last.lock().expect("last output"),
+                self.snapshot(),
                 tail(&self.log())
             ),
         }
@@ -241,6 +283,11 @@ impl Cloud {
         assert!(
             status.success(),
             "cloudcore exited with {status}; log:\n{}",
+            tail(&self.log())
+        );
+        assert!(
+            !self.log().contains("did not stop in time"),
+            "a controller ignored the shutdown; log:\n{}",
             tail(&self.log())
         );
     }

@@ -1,22 +1,27 @@
 //! The embedded control plane as a cloudcore module: it opens the cluster
 //! store (SQLite in `controlPlane.dataDir`, or etcd), starts the
-//! Kubernetes-compatible API server on it, runs the scheduler against it,
-//! and stops them all with cloudcore.
+//! Kubernetes-compatible API server on it, runs the scheduler and the
+//! workload controllers against it, and stops them all with cloudcore.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kedge_apis::config::cloudcore::{ControlPlane, StorageBackend};
 use kedge_apiserver::server::{self, ApiServerConfig};
 use kedge_bus::{Module, ModuleContext, ModuleError};
 use kedge_store::Store;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// The module name (and group) of the embedded control plane.
 pub const MODULE: &str = "controlplane";
 /// The SQLite file of cluster state, in the data dir.
 pub const SQLITE_FILE: &str = "state.db";
+
+/// How long the controllers get to finish their work in hand at shutdown.
+const CONTROLLERS_GRACE: Duration = Duration::from_secs(10);
 
 /// The embedded control plane module.
 #[derive(Debug, Clone)]
@@ -102,22 +107,40 @@ impl Module for ControlPlaneModule {
                 .unwrap_or(usize::MAX),
             service_cluster_ip_range: self.config.service_cluster_ip_range.clone(),
         };
-        let tracker = TaskTracker::new();
-        let token = ctx.token().child_token();
-        let running = server::start(config, store, token.clone(), &tracker).await?;
+        // The API server stops after the controllers, so that their
+        // requests in flight are answered and they can finish.
+        let server_token = CancellationToken::new();
+        let _stop_server = server_token.clone().drop_guard();
+        let server_tasks = TaskTracker::new();
+        let running = server::start(config, store, server_token.clone(), &server_tasks).await?;
         tracing::info!(url = %running.url, kubeconfig = %running.admin_kubeconfig.display(), "embedded control plane ready");
-        // The scheduler is a client of the API, over loopback with the
-        // admin credentials, like any other.
+        // The scheduler and controllers are clients of the API, over
+        // loopback with the admin credentials, like any other.
         let client = admin_client(&running.admin_kubeconfig).await?;
-        tracker.spawn(kedge_controllers::scheduler::run(client, token.clone()));
+        let controllers_token = ctx.token().child_token();
+        let controllers = TaskTracker::new();
+        kedge_controllers::run(
+            client,
+            &self.config.controllers,
+            controllers_token.clone(),
+            &controllers,
+        );
         ctx.set_ready();
         // The control plane takes no bus messages; drain them until shutdown.
         while let Some(message) = ctx.recv().await {
             tracing::debug!(operation = %message.router.operation, "control plane ignores bus messages");
         }
-        token.cancel();
-        tracker.close();
-        tracker.wait().await;
+        controllers_token.cancel();
+        controllers.close();
+        if tokio::time::timeout(CONTROLLERS_GRACE, controllers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?CONTROLLERS_GRACE, "controllers did not stop in time; leaving them");
+        }
+        server_token.cancel();
+        server_tasks.close();
+        server_tasks.wait().await;
         Ok(())
     }
 }

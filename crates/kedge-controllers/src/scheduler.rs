@@ -11,22 +11,33 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, PostParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::Informers;
+use crate::informer::Cache;
 use crate::quantity::milli;
 
 /// The name pods ask for to be scheduled by this scheduler.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
+/// How many bindings are in flight at once.
+const BINDS_IN_FLIGHT: usize = 64;
+/// How long a pod bound here counts as bound before the watch shows it.
+const ASSUME_FOR: Duration = Duration::from_secs(30);
+/// How soon failed bindings are tried again when nothing else changes.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Why no node fits a pod, per node.
-pub type Reasons = BTreeMap<String, usize>;
+pub type Reasons = BTreeMap<&'static str, usize>;
 
 /// Requests of one pod: (cpu millicores, memory milli-bytes).
 fn requests(pod: &Pod) -> (i128, i128) {
@@ -69,7 +80,7 @@ fn owner_uid(pod: &Pod) -> Option<&str> {
         .map(|o| o.uid.as_str())
 }
 
-fn tolerates(pod: &Pod, taint: &k8s_openapi::api::core::v1::Taint) -> bool {
+pub(crate) fn tolerates(pod: &Pod, taint: &k8s_openapi::api::core::v1::Taint) -> bool {
     pod.spec
         .iter()
         .flat_map(|s| s.tolerations.iter().flatten())
@@ -90,7 +101,7 @@ fn tolerates(pod: &Pod, taint: &k8s_openapi::api::core::v1::Taint) -> bool {
         })
 }
 
-fn affinity_matches(pod: &Pod, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn affinity_matches(pod: &Pod, labels: &BTreeMap<String, String>) -> bool {
     let Some(required) = pod
         .spec
         .as_ref()
@@ -139,7 +150,8 @@ pub struct Usage {
     memory: i128,
     pods: i128,
     ports: HashSet<(i32, String)>,
-    owners: HashMap<String, i128>,
+    /// Pods per owner, by a hash of the owner's uid.
+    owners: HashMap<u64, i128>,
 }
 
 impl Usage {
@@ -151,7 +163,7 @@ impl Usage {
         self.pods += 1;
         self.ports.extend(host_ports(pod));
         if let Some(uid) = owner_uid(pod) {
-            *self.owners.entry(uid.to_owned()).or_default() += 1;
+            *self.owners.entry(owner_key(uid)).or_default() += 1;
         }
     }
 }
@@ -163,10 +175,27 @@ impl Usage {
         self.memory += other.memory;
         self.pods += other.pods;
         self.ports.extend(other.ports.iter().cloned());
-        for (uid, count) in &other.owners {
-            *self.owners.entry(uid.clone()).or_default() += count;
+        for (owner, count) in &other.owners {
+            *self.owners.entry(*owner).or_default() += count;
         }
     }
+}
+
+/// A hash of an owner's uid (FNV-1a), so counting pods per owner
+/// allocates nothing.
+fn owner_key(uid: &str) -> u64 {
+    uid.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The usage of `node` in `used`, created if missing (allocating only
+/// then).
+fn usage_of<'a>(used: &'a mut HashMap<String, Usage>, node: &str) -> &'a mut Usage {
+    if !used.contains_key(node) {
+        used.insert(node.to_owned(), Usage::default());
+    }
+    used.get_mut(node).expect("inserted")
 }
 
 /// The usage of every node by the active pods bound to it.
@@ -192,14 +221,47 @@ pub fn choose(
     nodes: &[Arc<Node>],
     usage: &HashMap<String, Usage>,
 ) -> Result<String, Reasons> {
+    choose_sampled(pod, nodes, usage, 0, usize::MAX)
+}
+
+/// How many feasible nodes are enough to pick from among `total`, as
+/// kube-scheduler's `percentageOfNodesToScore` adapts it: all of up to
+/// 100 nodes, then a share falling from 50% to 5% (at least 100).
+pub fn enough_feasible(total: usize) -> usize {
+    if total <= 100 {
+        return total;
+    }
+    let percent = 50usize.saturating_sub(total / 125).max(5);
+    (total * percent / 100).max(100)
+}
+
+/// [`choose`] looking at the nodes from index `start` on (wrapping) and
+/// stopping once `enough` feasible nodes were scored, so one pod costs the
+/// same whatever the cluster size.
+pub fn choose_sampled(
+    pod: &Pod,
+    nodes: &[Arc<Node>],
+    usage: &HashMap<String, Usage>,
+    start: usize,
+    enough: usize,
+) -> Result<String, Reasons> {
     let (cpu, memory) = requests(pod);
     let ports = host_ports(pod);
     let owner = owner_uid(pod);
     let mut reasons = Reasons::new();
-    let mut best: Option<(i128, String)> = None;
-    for node in nodes {
-        let name = node.name_any();
-        let mut reject = |why: &str| *reasons.entry(why.to_owned()).or_default() += 1;
+    let mut best: Option<(i128, &str)> = None;
+    let mut feasible = 0;
+    let start = if nodes.is_empty() {
+        0
+    } else {
+        start % nodes.len()
+    };
+    for node in nodes[start..].iter().chain(&nodes[..start]) {
+        if feasible >= enough {
+            break;
+        }
+        let name = node.metadata.name.as_deref().unwrap_or("");
+        let mut reject = |why: &'static str| *reasons.entry(why).or_default() += 1;
         if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
             reject("node(s) were unschedulable");
             continue;
@@ -224,7 +286,7 @@ pub fn choose(
             continue;
         }
         let empty = Usage::default();
-        let used = usage.get(&name).unwrap_or(&empty);
+        let used = usage.get(name).unwrap_or(&empty);
         let allocatable = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
         let capacity = |resource: &str| {
             allocatable
@@ -261,12 +323,13 @@ pub fn choose(
                 .map_or(100, |m| (m - used - asked).max(0) * 100 / m)
         };
         let siblings = owner
-            .and_then(|uid| used.owners.get(uid))
+            .and_then(|uid| used.owners.get(&owner_key(uid)))
             .copied()
             .unwrap_or(0);
         let score = free(used_cpu, cpu, capacity("cpu"))
             + free(used_memory, memory, capacity("memory"))
             - 100 * siblings;
+        feasible += 1;
         if best
             .as_ref()
             .is_none_or(|(s, n)| score > *s || (score == *s && name < *n))
@@ -274,7 +337,7 @@ pub fn choose(
             best = Some((score, name));
         }
     }
-    best.map(|(_, name)| name).ok_or(reasons)
+    best.map(|(_, name)| name.to_owned()).ok_or(reasons)
 }
 
 /// The message kube-scheduler gives a pod that fits nowhere.
@@ -301,86 +364,84 @@ fn pending(pod: &Pod) -> bool {
 
 /// Runs the scheduler until `token` is cancelled.
 ///
-/// It watches nodes, pending pods (`spec.nodeName` empty) and bound pods;
-/// of the bound ones it keeps only what they use, so memory stays small
-/// per pod.
-pub async fn run(client: Client, token: CancellationToken) {
-    let (pending_store, pending_writer) = reflector::store::<Pod>();
-    let (node_store, node_writer) = reflector::store::<Node>();
-    let pods = Api::<Pod>::all(client.clone());
-    let pending_pods = watcher(
-        pods.clone(),
-        watcher::Config::default().fields("spec.nodeName="),
-    )
-    .default_backoff()
-    .reflect(pending_writer)
-    .map(|event| Change::Pending(matches!(event, Ok(watcher::Event::InitDone))));
-    let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(node_writer)
-        .map(|event| Change::Nodes(matches!(event, Ok(watcher::Event::InitDone))));
-    let bound_pods = watcher(pods, watcher::Config::default().fields("spec.nodeName!="))
-        .default_backoff()
-        .map(|event| Change::Bound(Box::new(event)));
-    let mut changes =
-        futures::stream::select(futures::stream::select(pending_pods, nodes), bound_pods).boxed();
+/// It reads pods and nodes from the shared caches and schedules whenever
+/// either changes: every pending pod, against what the bound ones use.
+pub fn run(
+    client: Client,
+    informers: &Informers,
+    token: CancellationToken,
+) -> BoxFuture<'static, ()> {
+    let pods = informers.pods.store();
+    let nodes = informers.nodes.store();
+    let changes = futures::stream::select(
+        informers.pods.subscribe().map(|_| ()),
+        informers.nodes.subscribe().map(|_| ()),
+    );
+    Box::pin(schedule(client, pods, nodes, changes, token))
+}
+
+async fn schedule(
+    client: Client,
+    pod_store: Cache<Pod>,
+    node_store: Cache<Node>,
+    changes: impl futures::Stream<Item = ()> + Send,
+    token: CancellationToken,
+) {
+    let mut changes = std::pin::pin!(changes);
     // What each unschedulable pod was last told, so events are not repeated.
     let mut reported: HashMap<String, String> = HashMap::new();
-    // Bound pods: key -> (node, the pod's own usage).
-    let mut bound: HashMap<String, (String, Usage)> = HashMap::new();
-    let mut bound_init: HashMap<String, (String, Usage)> = HashMap::new();
-    let (mut pending_listed, mut nodes_listed, mut bound_listed) = (false, false, false);
+    // Pods just bound here: uid -> (node, usage, when).
+    let mut assumed: HashMap<String, (String, Usage, Instant)> = HashMap::new();
+    // Where the next pod starts looking, so pods spread over a sample.
+    let mut start = 0usize;
+    // When to look again although nothing changed (failed bindings).
+    let mut retry: Option<Instant> = None;
     loop {
-        let mut note = |change: Change| match change {
-            Change::Pending(done) => pending_listed |= done,
-            Change::Nodes(done) => nodes_listed |= done,
-            Change::Bound(event) => match *event {
-                Ok(event) => match event {
-                    watcher::Event::Init => bound_init.clear(),
-                    watcher::Event::InitApply(pod) => {
-                        if let Some(entry) = bound_entry(&pod) {
-                            bound_init.insert(pod_key(&pod), entry);
-                        }
-                    }
-                    watcher::Event::InitDone => {
-                        bound = std::mem::take(&mut bound_init);
-                        bound_listed = true;
-                    }
-                    watcher::Event::Apply(pod) => match bound_entry(&pod) {
-                        Some(entry) => {
-                            bound.insert(pod_key(&pod), entry);
-                        }
-                        None => {
-                            bound.remove(&pod_key(&pod));
-                        }
-                    },
-                    watcher::Event::Delete(pod) => {
-                        bound.remove(&pod_key(&pod));
-                    }
-                },
-                Err(error) => tracing::debug!(%error, "scheduler: pod watch error; it resumes"),
-            },
+        let retry_at = retry.take();
+        tokio::select! {
+            () = token.cancelled() => return,
+            change = changes.next() => if change.is_none() { return },
+            () = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        // Take every change already queued, then schedule once.
+        while let Some(Some(())) = futures::FutureExt::now_or_never(changes.next()) {}
+        // Nothing is decided before both caches are complete.
+        let ready = async {
+            pod_store.ready().await;
+            node_store.ready().await;
         };
         tokio::select! {
             () = token.cancelled() => return,
-            change = changes.next() => match change {
-                Some(change) => note(change),
-                None => return,
-            },
+            () = ready => {}
         }
-        // Take every change already queued, then schedule once.
-        while let Some(Some(change)) = futures::FutureExt::now_or_never(changes.next()) {
-            note(change);
+        let all = pod_store.state();
+        let mut used: HashMap<String, Usage> = HashMap::new();
+        let mut waiting: Vec<Arc<Pod>> = Vec::new();
+        for pod in &all {
+            let uid = pod.metadata.uid.as_deref().unwrap_or("");
+            match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+                Some(node) if !node.is_empty() => {
+                    if is_active(pod) {
+                        usage_of(&mut used, node).add(pod);
+                    }
+                    // Bound as the cache now shows: no longer assumed.
+                    assumed.remove(uid);
+                }
+                _ if pending(pod) && !assumed.contains_key(uid) => waiting.push(pod.clone()),
+                _ => {}
+            }
         }
-        // Nothing is decided before every initial list is complete.
-        if !(pending_listed && nodes_listed && bound_listed) {
-            continue;
+        // Pods bound by this scheduler that the cache does not show bound
+        // yet stay counted on their node and are not scheduled again.
+        assumed.retain(|_, (_, _, at)| at.elapsed() < ASSUME_FOR);
+        for (node, usage, _) in assumed.values() {
+            usage_of(&mut used, node).merge(usage);
         }
-        let mut waiting: Vec<Arc<Pod>> = pending_store
-            .state()
-            .into_iter()
-            .filter(|p| pending(p))
-            .collect();
         if waiting.is_empty() {
             continue;
         }
@@ -390,87 +451,117 @@ pub async fn run(client: Client, token: CancellationToken) {
                 .cmp(&b.metadata.creation_timestamp)
         });
         let nodes = node_store.state();
-        let mut used: HashMap<String, Usage> = HashMap::new();
-        for (node, usage) in bound.values() {
-            used.entry(node.clone()).or_default().merge(usage);
-        }
+        let enough = enough_feasible(nodes.len());
+        let mut decisions = Vec::new();
+        let mut failures = Vec::new();
         for pod in waiting {
-            let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-            let key = format!("{namespace}/{name}");
-            match choose(&pod, &nodes, &used) {
+            let key = pod_key(&pod);
+            start = start.wrapping_add(1);
+            match choose_sampled(&pod, &nodes, &used, start, enough) {
                 Ok(node) => {
-                    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-                    let binding = json!({"apiVersion": "v1", "kind": "Binding",
-                        "metadata": {"name": name, "namespace": namespace},
-                        "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-                    match api
-                        .create_subresource::<_, serde_json::Value>(
-                            "binding",
-                            &name,
-                            &PostParams::default(),
-                            &binding,
-                        )
-                        .await
-                    {
-                        Ok(_) => {
-                            tracing::info!(pod = %key, %node, "scheduled");
-                            reported.remove(&key);
-                            // Count it on its node for the pods that follow.
-                            used.entry(node.clone()).or_default().add(&pod);
-                            event(
-                                &client,
-                                &pod,
-                                "Normal",
-                                "Scheduled",
-                                &format!("Successfully assigned {key} to {node}"),
-                            )
-                            .await;
-                        }
-                        Err(error) => {
-                            tracing::debug!(pod = %key, %error, "binding failed; will retry")
-                        }
-                    }
+                    let mut usage = Usage::default();
+                    usage.add(&pod);
+                    // Count it on its node for the pods that follow.
+                    usage_of(&mut used, &node).merge(&usage);
+                    assumed.insert(
+                        pod.uid().unwrap_or_default(),
+                        (node.clone(), usage, Instant::now()),
+                    );
+                    decisions.push((pod, node));
                 }
                 Err(reasons) => {
                     let message = failure_message(nodes.len(), &reasons);
                     if reported.get(&key) != Some(&message) {
-                        event(&client, &pod, "Warning", "FailedScheduling", &message).await;
-                        reported.insert(key, message);
+                        reported.insert(key, message.clone());
+                        failures.push((pod, message));
                     }
                 }
             }
         }
+        tracing::debug!(
+            bind = decisions.len(),
+            unschedulable = failures.len(),
+            nodes = nodes.len(),
+            "scheduling pass"
+        );
+        let results: Vec<(String, String, Bound)> = futures::stream::iter(decisions)
+            .map(|(pod, node)| bind(&client, pod, node))
+            .buffer_unordered(BINDS_IN_FLIGHT)
+            .collect()
+            .await;
+        for (key, uid, bound) in results {
+            match bound {
+                Bound::Now => {
+                    reported.remove(&key);
+                }
+                // The cache will show it; until then it stays assumed.
+                Bound::Settled => {}
+                Bound::Failed => {
+                    assumed.remove(&uid);
+                    retry = Some(Instant::now() + RETRY_AFTER);
+                }
+            }
+        }
+        futures::stream::iter(failures)
+            .for_each_concurrent(BINDS_IN_FLIGHT, |(pod, message)| {
+                let client = client.clone();
+                async move {
+                    event(&client, &pod, "Warning", "FailedScheduling", &message).await;
+                }
+            })
+            .await;
     }
 }
 
-/// A change seen by one of the scheduler's watches.
-enum Change {
-    /// Pending pods changed; `true` once their initial list is complete.
-    Pending(bool),
-    /// Nodes changed; `true` once their initial list is complete.
-    Nodes(bool),
-    /// An event of the bound pods.
-    Bound(Box<Result<watcher::Event<Pod>, watcher::Error>>),
+/// What became of one binding.
+enum Bound {
+    /// Bound now.
+    Now,
+    /// Already bound, or gone: nothing to retry.
+    Settled,
+    /// Failed; to be tried again.
+    Failed,
+}
+
+/// Binds `pod` to `node` and records the `Scheduled` event; the pod's key
+/// and uid, and what became of it.
+async fn bind(client: &Client, pod: Arc<Pod>, node: String) -> (String, String, Bound) {
+    let key = pod_key(&pod);
+    let uid = pod.uid().unwrap_or_default();
+    let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let binding = json!({"apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": name, "namespace": namespace},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+    match api
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
+            &name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::debug!(pod = %key, %node, "scheduled");
+            let message = format!("Successfully assigned {key} to {node}");
+            event(client, &pod, "Normal", "Scheduled", &message).await;
+            (key, uid, Bound::Now)
+        }
+        // Bound already (the watch had not shown it yet), or deleted.
+        Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {
+            tracing::debug!(pod = %key, reason = %status.message, "not bound: settled elsewhere");
+            (key, uid, Bound::Settled)
+        }
+        Err(error) => {
+            tracing::debug!(pod = %key, %error, "binding failed; will retry");
+            (key, uid, Bound::Failed)
+        }
+    }
 }
 
 fn pod_key(pod: &Pod) -> String {
     format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
-}
-
-/// A bound, active pod's node and usage.
-fn bound_entry(pod: &Pod) -> Option<(String, Usage)> {
-    let node = pod
-        .spec
-        .as_ref()?
-        .node_name
-        .clone()
-        .filter(|n| !n.is_empty())?;
-    if !is_active(pod) {
-        return None;
-    }
-    let mut usage = Usage::default();
-    usage.add(pod);
-    Some((node, usage))
 }
 
 /// Records an event about `pod`, as kube-scheduler does.

@@ -698,6 +698,73 @@ pub struct ControlPlane {
     /// Largest request body the API server accepts, in bytes; must be
     /// greater than 0. Default 3145728 (3 MiB, as kube-apiserver).
     pub max_request_body_bytes: u64,
+    /// The scheduler and workload controllers, each with its own switch.
+    pub controllers: ControlPlaneControllers,
+}
+
+/// Kedge only: one controller of the embedded control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControllerSwitch {
+    /// Runs the controller. Default `true`.
+    pub enable: bool,
+}
+
+impl Default for ControllerSwitch {
+    fn default() -> Self {
+        Self { enable: true }
+    }
+}
+
+/// Kedge only: the scheduler and workload controllers the embedded
+/// control plane runs (kube-scheduler's and kube-controller-manager's
+/// work). They run only with the embedded control plane; attached to an
+/// existing cluster, that cluster's own controllers do this work.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlPlaneControllers {
+    /// Binds pending pods to nodes.
+    pub scheduler: ControllerSwitch,
+    /// Rolls Deployments out through ReplicaSets.
+    pub deployment: ControllerSwitch,
+    /// Keeps each ReplicaSet's pod count.
+    pub replica_set: ControllerSwitch,
+    /// Runs a DaemonSet's pod on every matching node.
+    pub daemon_set: ControllerSwitch,
+    /// Runs StatefulSet pods with stable ordinal names.
+    pub stateful_set: ControllerSwitch,
+    /// Runs Jobs to completion, and deletes finished ones after their TTL.
+    pub job: ControllerSwitch,
+    /// Keeps the Endpoints and EndpointSlices of Services with selectors.
+    pub endpoints: ControllerSwitch,
+    /// Marks nodes that stop reporting as unknown, and taints them.
+    pub node_lifecycle: NodeLifecycleController,
+}
+
+/// Kedge only: the node lifecycle controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeLifecycleController {
+    /// Runs the controller. Default `true`.
+    pub enable: bool,
+    /// Seconds without a node status or Lease renewal after which the node
+    /// is Ready=Unknown and tainted unreachable; greater than 0. Default 40.
+    pub node_monitor_grace_period: u32,
+    /// Evicts the pods of edge nodes (label
+    /// `node-role.kubernetes.io/edge`) too once their node is unreachable
+    /// longer than they tolerate. Default `false`: an edge node runs on
+    /// while offline, so its pods stay bound to it.
+    pub evict_edge_pods: bool,
+}
+
+impl Default for NodeLifecycleController {
+    fn default() -> Self {
+        Self {
+            enable: true,
+            node_monitor_grace_period: 40,
+            evict_edge_pods: false,
+        }
+    }
 }
 
 impl Default for ControlPlane {
@@ -710,6 +777,7 @@ impl Default for ControlPlane {
             storage: ControlPlaneStorage::default(),
             service_cluster_ip_range: "10.96.0.0/12".to_owned(),
             max_request_body_bytes: 3 * 1024 * 1024,
+            controllers: ControlPlaneControllers::default(),
         }
     }
 }
@@ -1105,6 +1173,11 @@ impl ControlPlane {
         v.check(
             self.max_request_body_bytes > 0,
             "controlPlane.maxRequestBodyBytes",
+            "must be greater than 0",
+        );
+        v.check(
+            self.controllers.node_lifecycle.node_monitor_grace_period > 0,
+            "controlPlane.controllers.nodeLifecycle.nodeMonitorGracePeriod",
             "must be greater than 0",
         );
         match self.storage.backend {
