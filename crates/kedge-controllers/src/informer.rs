@@ -9,7 +9,7 @@
 //! own shared stream reports no deletions and stalls its subscriber when
 //! an object is gone before the subscriber reads it.)
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt::Debug;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
@@ -130,9 +130,8 @@ where
             .default_backoff()
             .reflect(self.writer);
         let mut events = std::pin::pin!(events);
-        // While re-listing: what the cache held before, less what the new
-        // list has shown again; the rest was deleted meanwhile.
-        let mut unlisted: HashMap<ObjectRef<K>, Arc<K>> = HashMap::new();
+        // While (re-)listing: what the cache held before the list.
+        let mut before: Vec<Arc<K>> = Vec::new();
         loop {
             let event = tokio::select! {
                 () = token.cancelled() => return,
@@ -147,21 +146,27 @@ where
             };
             let changed: Vec<Arc<K>> = match event {
                 watcher::Event::Init => {
-                    unlisted = self
-                        .store
-                        .state()
-                        .into_iter()
-                        .map(|object| (ObjectRef::from_obj(object.as_ref()), object))
-                        .collect();
+                    before = self.store.state();
                     Vec::new()
                 }
-                watcher::Event::InitApply(object) => {
-                    unlisted.remove(&ObjectRef::from_obj(&object));
-                    vec![Arc::new(object)]
-                }
+                // Listed objects reach subscribers once the list is
+                // complete, after the cache says it is ready: a subscriber
+                // may wait for that before it reads.
+                watcher::Event::InitApply(_) => Vec::new(),
                 watcher::Event::InitDone => {
                     self.ready.send_replace(true);
-                    std::mem::take(&mut unlisted).into_values().collect()
+                    let mut listed = self.store.state();
+                    let before = std::mem::take(&mut before);
+                    if !before.is_empty() {
+                        let present: HashSet<ObjectRef<K>> = listed
+                            .iter()
+                            .map(|object| ObjectRef::from_obj(object.as_ref()))
+                            .collect();
+                        listed.extend(before.into_iter().filter(|object| {
+                            !present.contains(&ObjectRef::from_obj(object.as_ref()))
+                        }));
+                    }
+                    listed
                 }
                 watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
                     vec![Arc::new(object)]
