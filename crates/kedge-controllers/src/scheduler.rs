@@ -31,8 +31,12 @@ use crate::quantity::milli;
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// How many bindings are in flight at once.
 const BINDS_IN_FLIGHT: usize = 64;
-/// How long a pod bound here counts as bound before the watch shows it.
+/// How long a pod bound here counts as bound before the watch shows it,
+/// from the moment its binding succeeded.
 const ASSUME_FOR: Duration = Duration::from_secs(30);
+/// The most pods one pass decides before it binds them and looks again,
+/// so decisions rest on a recent view of the cluster.
+const PASS_SIZE: usize = 2048;
 /// How soon failed bindings are tried again when nothing else changes.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -384,10 +388,29 @@ async fn schedule(
     client: Client,
     pod_store: Cache<Pod>,
     node_store: Cache<Node>,
-    changes: impl futures::Stream<Item = ()> + Send,
+    changes: impl futures::Stream<Item = ()> + Send + 'static,
     token: CancellationToken,
 ) {
-    let mut changes = std::pin::pin!(changes);
+    // Changes are drained as they come, so the informers never wait for
+    // a pass to end; a pass starts after any change it has not seen.
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let drain = {
+        let changed = changed.clone();
+        let token = token.clone();
+        async move {
+            let mut changes = std::pin::pin!(changes);
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    change = changes.next() => match change {
+                        Some(()) => changed.notify_one(),
+                        None => return,
+                    },
+                }
+            }
+        }
+    };
+    let drain = tokio::spawn(drain);
     // What each unschedulable pod was last told, so events are not repeated.
     let mut reported: HashMap<String, String> = HashMap::new();
     // Pods just bound here: uid -> (node, usage, when).
@@ -396,27 +419,30 @@ async fn schedule(
     let mut start = 0usize;
     // When to look again although nothing changed (failed bindings).
     let mut retry: Option<Instant> = None;
+    // Whether the last pass left pods for the next one.
+    let mut more = false;
     loop {
         let retry_at = retry.take();
-        tokio::select! {
-            () = token.cancelled() => return,
-            change = changes.next() => if change.is_none() { return },
-            () = async {
-                match retry_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            } => {}
+        if !more {
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = changed.notified() => {}
+                () = async {
+                    match retry_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
         }
-        // Take every change already queued, then schedule once.
-        while let Some(Some(())) = futures::FutureExt::now_or_never(changes.next()) {}
+        more = false;
         // Nothing is decided before both caches are complete.
         let ready = async {
             pod_store.ready().await;
             node_store.ready().await;
         };
         tokio::select! {
-            () = token.cancelled() => return,
+            () = token.cancelled() => break,
             () = ready => {}
         }
         let all = pod_store.state();
@@ -450,11 +476,16 @@ async fn schedule(
                 .creation_timestamp
                 .cmp(&b.metadata.creation_timestamp)
         });
+
         let nodes = node_store.state();
         let enough = enough_feasible(nodes.len());
         let mut decisions = Vec::new();
         let mut failures = Vec::new();
         for pod in waiting {
+            if decisions.len() == PASS_SIZE {
+                more = true;
+                break;
+            }
             let key = pod_key(&pod);
             start = start.wrapping_add(1);
             match choose_sampled(&pod, &nodes, &used, start, enough) {
@@ -489,10 +520,14 @@ async fn schedule(
             .buffer_unordered(BINDS_IN_FLIGHT)
             .collect()
             .await;
+        let bound_at = Instant::now();
         for (key, uid, bound) in results {
             match bound {
                 Bound::Now => {
                     reported.remove(&key);
+                    if let Some((_, _, at)) = assumed.get_mut(&uid) {
+                        *at = bound_at;
+                    }
                 }
                 // The cache will show it; until then it stays assumed.
                 Bound::Settled => {}
@@ -511,6 +546,7 @@ async fn schedule(
             })
             .await;
     }
+    drain.abort();
 }
 
 /// What became of one binding.
