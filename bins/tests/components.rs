@@ -36,22 +36,27 @@ impl Binary {
         }
     }
 
-    /// The default configuration with the monitor server on `monitor`.
-    fn config_with_monitor(self, monitor: &str) -> String {
+    /// The default configuration with the monitor server on `monitor` and
+    /// local state in `dir`.
+    fn config_with_monitor(self, monitor: &str, dir: &Path) -> String {
         match self {
             Self::CloudCore => {
                 let mut config = CloudCoreConfig::from_yaml_str(&self.print("--defaultconfig"))
                     .expect("default config loads");
                 config.common_config.monitor_server.bind_address = monitor.to_owned();
-                // These tests are about the process; the control plane has
-                // its own suites.
+                // These tests are about the process; the control plane and
+                // the modules that need a cluster have their own suites.
                 config.control_plane.enable = false;
+                config.modules.cloud_hub.enable = false;
+                config.modules.sync_controller.enable = false;
                 config.to_yaml().expect("config serialises")
             }
             Self::EdgeCore => {
                 let mut config = EdgeCoreConfig::from_yaml_str(&self.print("--defaultconfig"))
                     .expect("default config loads");
                 config.monitor_server.bind_address = monitor.to_owned();
+                config.database.data_source =
+                    dir.join("edgecore.db").to_string_lossy().into_owned();
                 config.to_yaml().expect("config serialises")
             }
         }
@@ -261,7 +266,11 @@ async fn components_start_serve_health_and_stop_on_sigterm() {
     for binary in BOTH {
         let dir = tempfile::tempdir().expect("temp dir");
         let monitor = free_address();
-        let config = write(&dir, "config.yaml", &binary.config_with_monitor(&monitor));
+        let config = write(
+            &dir,
+            "config.yaml",
+            &binary.config_with_monitor(&monitor, dir.path()),
+        );
         let mut child = binary.start(&config);
 
         assert_eq!(wait_for_ok(&monitor, "/readyz").await, "ok\n");
@@ -271,6 +280,9 @@ async fn components_start_serve_health_and_stop_on_sigterm() {
         );
         let metrics = wait_for_ok(&monitor, "/metrics").await;
         assert!(metrics.contains("kedge_bus_inbox_depth"), "{metrics}");
+        if matches!(binary, Binary::EdgeCore) {
+            assert!(metrics.contains("kedge_edgehub_"), "{metrics}");
+        }
         assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
 
         // A second process on the same monitor address fails at once.

@@ -80,6 +80,15 @@ impl Cloud {
         let data_dir = dir.path().join("controlplane");
         config.control_plane.data_dir = data_dir.to_string_lossy().into_owned();
         config.control_plane.secure_port = u32::from(free_port());
+        // CloudHub on loopback, on ports of its own.
+        let hub = &mut config.modules.cloud_hub;
+        hub.advertise_address = vec!["127.0.0.1".to_owned()];
+        hub.websocket.address = "127.0.0.1".to_owned();
+        hub.websocket.port = u32::from(free_port());
+        hub.https.address = "127.0.0.1".to_owned();
+        hub.https.port = u32::from(free_port());
+        hub.quic.address = "127.0.0.1".to_owned();
+        hub.quic.port = u32::from(free_port());
         if let Backend::Etcd(etcd) = &backend {
             config.control_plane.storage.backend = StorageBackend::Etcd;
             config.control_plane.storage.etcd_endpoints = vec![etcd.endpoint().to_owned()];
@@ -124,6 +133,12 @@ impl Cloud {
             .await
             .expect("kubeconfig usable");
         kube::Client::try_from(config).expect("client")
+    }
+
+    /// cloudcore's configuration as written.
+    pub fn config(&self) -> CloudCoreConfig {
+        let text = std::fs::read_to_string(self.dir.path().join("cloudcore.yaml")).expect("config");
+        CloudCoreConfig::from_yaml_str(&text).expect("config parses")
     }
 
     /// cloudcore's process id.

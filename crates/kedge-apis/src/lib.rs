@@ -18,8 +18,10 @@
 //! Both are loaded the way KubeEdge loads them: the file is laid over the
 //! built-in defaults, so a file only needs the fields it changes. Unlike
 //! KubeEdge, an unknown or mistyped field is an error naming its full path,
-//! and the result is validated before it is returned. Later issues add the
-//! KubeEdge CRD types (devices, object sync, rules) beside `config`.
+//! and the result is validated before it is returned.
+//!
+//! Beside `config`, [`reliablesyncs`] holds the ObjectSync and
+//! ClusterObjectSync custom resources; later issues add devices and rules.
 //!
 //! ```no_run
 //! use kedge_apis::config::HostInfo;
@@ -38,3 +40,4 @@
 //! ```
 
 pub mod config;
+pub mod reliablesyncs;

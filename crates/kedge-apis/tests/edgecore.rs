@@ -82,6 +82,10 @@ fn defaults_follow_kubeedge() {
     assert!(!hub.quic.enable);
     assert_eq!(hub.http_server, "https://192.168.1.10:10002");
     assert!(hub.rotate_certificates);
+    assert_eq!(hub.reconnect_backoff_base, GoDuration::from_secs(1));
+    assert_eq!(hub.reconnect_backoff_max, GoDuration::from_secs(30));
+    assert_eq!(hub.outbox_file, "");
+    assert_eq!(hub.outbox_capacity, 10_000);
 
     let bus = &c.modules.event_bus;
     assert_eq!(bus.mqtt_mode, MqttMode::External);
@@ -375,6 +379,34 @@ fn exactly_one_cloud_transport() {
     assert_eq!(
         invalid_paths("modules:\n  edgeHub:\n    websocket: {enable: false}\n"),
         ["modules.edgeHub.websocket.enable"]
+    );
+}
+
+#[test]
+fn edge_hub_reconnect_and_outbox_settings() {
+    let c = parse(
+        "modules:\n  edgeHub:\n    reconnectBackoffBase: 500ms\n    reconnectBackoffMax: 1m\n    \
+         outboxFile: /data/hub.db\n    outboxCapacity: 7\n",
+    )
+    .unwrap();
+    let hub = &c.modules.edge_hub;
+    assert_eq!(hub.reconnect_backoff_base, GoDuration::from_millis(500));
+    assert_eq!(hub.reconnect_backoff_max, GoDuration::from_mins(1));
+    assert_eq!(hub.outbox_file, "/data/hub.db");
+    assert_eq!(hub.outbox_capacity, 7);
+    assert_eq!(
+        invalid_paths(
+            "modules:\n  edgeHub:\n    reconnectBackoffBase: 0s\n    \
+             reconnectBackoffMax: 0s\n    outboxCapacity: 0\n"
+        ),
+        [
+            "modules.edgeHub.reconnectBackoffBase",
+            "modules.edgeHub.outboxCapacity"
+        ]
+    );
+    assert_eq!(
+        invalid_paths("modules:\n  edgeHub:\n    reconnectBackoffBase: 1m\n"),
+        ["modules.edgeHub.reconnectBackoffMax"]
     );
 }
 

@@ -15,6 +15,8 @@ use kedge_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::{ClusterClient, client_from_kubeconfig};
+
 /// The module name (and group) of the embedded control plane.
 pub const MODULE: &str = "controlplane";
 /// The SQLite file of cluster state, in the data dir.
@@ -27,12 +29,14 @@ const CONTROLLERS_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct ControlPlaneModule {
     config: ControlPlane,
+    cluster: ClusterClient,
 }
 
 impl ControlPlaneModule {
-    /// The module for `config` (cloudcore.yaml's `controlPlane`).
-    pub fn new(config: ControlPlane) -> Self {
-        Self { config }
+    /// The module for `config` (cloudcore.yaml's `controlPlane`); it
+    /// provides `cluster` to the other modules once the API is up.
+    pub fn new(config: ControlPlane, cluster: ClusterClient) -> Self {
+        Self { config, cluster }
     }
 
     async fn open_store(&self) -> Result<Arc<dyn Store>, ModuleError> {
@@ -55,20 +59,6 @@ impl ControlPlaneModule {
             }
         }
     }
-}
-
-/// A Kubernetes client for the admin kubeconfig at `path`.
-async fn admin_client(path: &std::path::Path) -> Result<kube::Client, ModuleError> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path)
-        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .map_err(|error| format!("cannot use {}: {error}", path.display()))?;
-    Ok(kube::Client::try_from(config)
-        .map_err(|error| format!("cannot build the API client: {error}"))?)
 }
 
 impl Module for ControlPlaneModule {
@@ -116,7 +106,10 @@ impl Module for ControlPlaneModule {
         tracing::info!(url = %running.url, kubeconfig = %running.admin_kubeconfig.display(), "embedded control plane ready");
         // The scheduler and controllers are clients of the API, over
         // loopback with the admin credentials, like any other.
-        let client = admin_client(&running.admin_kubeconfig).await?;
+        let admin_kubeconfig = running.admin_kubeconfig.to_string_lossy();
+        let client = client_from_kubeconfig(&admin_kubeconfig).await?;
+        crate::crds::install(&client, crate::crds::definitions()).await?;
+        self.cluster.provide(client.clone());
         let controllers_token = ctx.token().child_token();
         let controllers = TaskTracker::new();
         kedge_controllers::run(

@@ -14,7 +14,11 @@
 //! With `controlPlane.enable` (the default), the [`controlplane`] module runs
 //! the embedded Kubernetes-compatible API server next to them.
 
+pub mod cloudhub;
+pub mod cluster;
 pub mod controlplane;
+pub mod crds;
+pub mod synccontroller;
 
 use std::path::Path;
 
@@ -24,6 +28,11 @@ use kedge_bus::{BusBuilder, BusError};
 use kedge_message::{group, module};
 use kedge_runtime::PendingModule;
 use kedge_runtime::component::Component;
+
+use cloudhub::objectsync::SyncRecords;
+use cloudhub::{CloudHubMetrics, CloudHubModule};
+use cluster::ClusterClient;
+use synccontroller::SyncController;
 
 /// cloudcore, as [`kedge_runtime::component::main`] runs it.
 #[derive(Debug, Clone, Copy)]
@@ -60,12 +69,44 @@ impl Component for CloudCore {
     fn register_modules(
         builder: &mut BusBuilder,
         config: &CloudCoreConfig,
+        registry: &mut prometheus_client::registry::Registry,
     ) -> Result<(), BusError> {
+        let cluster = if config.control_plane.enable {
+            ClusterClient::embedded()
+        } else {
+            ClusterClient::external(config.kube_api_config.kube_config.clone())
+        };
+        let records = SyncRecords::default();
         for (name, group, enabled) in modules(config) {
-            builder.register(PendingModule::new(name, group), enabled)?;
+            match name {
+                module::CLOUD_HUB => {
+                    builder.register(
+                        CloudHubModule::new(
+                            config.modules.cloud_hub.clone(),
+                            cluster.clone(),
+                            records.clone(),
+                            CloudHubMetrics::register(registry),
+                        ),
+                        enabled,
+                    )?;
+                }
+                module::SYNC_CONTROLLER => {
+                    builder.register(
+                        SyncController::new(
+                            cluster.clone(),
+                            records.clone(),
+                            synccontroller::DEFAULT_PERIOD,
+                        ),
+                        enabled,
+                    )?;
+                }
+                _ => {
+                    builder.register(PendingModule::new(name, group), enabled)?;
+                }
+            }
         }
         builder.register(
-            controlplane::ControlPlaneModule::new(config.control_plane.clone()),
+            controlplane::ControlPlaneModule::new(config.control_plane.clone(), cluster),
             config.control_plane.enable,
         )?;
         Ok(())
@@ -143,7 +184,12 @@ mod tests {
         config.modules.router.enable = true;
         config.modules.device_controller.enable = false;
         let mut builder = BusBuilder::new(kedge_bus::BusConfig::default());
-        CloudCore::register_modules(&mut builder, &config).expect("modules register");
+        CloudCore::register_modules(
+            &mut builder,
+            &config,
+            &mut prometheus_client::registry::Registry::default(),
+        )
+        .expect("modules register");
         let bus = builder.build(&mut prometheus_client::registry::Registry::default());
         let handle = bus.handle();
         assert!(handle.has_module("router"));

@@ -8,11 +8,15 @@
 //! `modules.<name>.enable` field of edgecore.yaml.
 //!
 //! [`EdgeCore`] describes the binary to [`kedge_runtime::component::main`].
-//! Each module is registered as a [`PendingModule`] until its implementation
-//! lands: it takes part in start-up, readiness and shutdown, and answers
-//! every message with an error saying it has no handler yet.
+//! EdgeHub ([`edgehub`]) is implemented. Each other module is registered as
+//! a [`PendingModule`] until its implementation lands: it takes part in
+//! start-up, readiness and shutdown, and answers every message with an
+//! error saying it has no handler yet.
+
+pub mod edgehub;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use kedge_apis::config::edgecore::EdgeCoreConfig;
 use kedge_apis::config::{ConfigError, HostInfo};
@@ -20,6 +24,8 @@ use kedge_bus::{BusBuilder, BusError};
 use kedge_message::{group, module};
 use kedge_runtime::PendingModule;
 use kedge_runtime::component::Component;
+use kedge_transport::metrics::LinkMetrics;
+use prometheus_client::registry::Registry;
 
 /// edgecore, as [`kedge_runtime::component::main`] runs it.
 #[derive(Debug, Clone, Copy)]
@@ -51,17 +57,37 @@ impl Component for EdgeCore {
         config.monitor_server.bind_address.clone()
     }
 
-    fn register_modules(builder: &mut BusBuilder, config: &EdgeCoreConfig) -> Result<(), BusError> {
+    fn register_modules(
+        builder: &mut BusBuilder,
+        config: &EdgeCoreConfig,
+        registry: &mut Registry,
+    ) -> Result<(), BusError> {
         if config.modules.db_test.enable {
             tracing::warn!(
                 "modules.dbTest is a KubeEdge test module that Kedge does not have; ignored"
             );
         }
         for (name, group, enabled) in modules(config) {
-            builder.register(PendingModule::new(name, group), enabled)?;
+            if name == module::EDGE_HUB {
+                builder.register(edge_hub(config, registry), enabled)?;
+            } else {
+                builder.register(PendingModule::new(name, group), enabled)?;
+            }
         }
         Ok(())
     }
+}
+
+/// EdgeHub as edgecore.yaml configures it, dialling the cloud with
+/// [`edgehub::CloudDialer`], its metrics (`kedge_edgehub_*`) and the
+/// link's (`kedge_link_*`) registered in `registry`.
+pub fn edge_hub(config: &EdgeCoreConfig, registry: &mut Registry) -> edgehub::EdgeHub {
+    let dialer = edgehub::CloudDialer::from_config(config, LinkMetrics::register(registry));
+    edgehub::EdgeHub::new(
+        edgehub::EdgeHubSettings::from_config(config),
+        Arc::new(dialer),
+    )
+    .with_metrics(edgehub::EdgeHubMetrics::register(registry))
 }
 
 /// edgecore's modules as `(name, group, enabled)`, in KubeEdge's
@@ -109,11 +135,23 @@ mod tests {
         let mut config = config();
         config.modules.service_bus.enable = true;
         let mut builder = BusBuilder::new(kedge_bus::BusConfig::default());
-        EdgeCore::register_modules(&mut builder, &config).expect("modules register");
-        let bus = builder.build(&mut prometheus_client::registry::Registry::default());
+        EdgeCore::register_modules(&mut builder, &config, &mut Registry::default())
+            .expect("modules register");
+        let bus = builder.build(&mut Registry::default());
         let handle = bus.handle();
         assert!(handle.has_module("websocket"));
         assert!(handle.has_module("servicebus"));
         assert!(!handle.has_module("edgestream"));
+    }
+
+    #[test]
+    fn edge_hub_metrics_are_registered() {
+        let mut registry = Registry::default();
+        let hub = edge_hub(&config(), &mut registry);
+        assert_eq!(hub.settings().heartbeat, std::time::Duration::from_secs(15));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        assert!(text.contains("kedge_edgehub_connects_total"), "{text}");
+        assert!(text.contains("kedge_edgehub_outbox_depth"), "{text}");
     }
 }

@@ -42,8 +42,13 @@ pub trait Component {
     fn load(path: &Path) -> Result<Self::Config, ConfigError>;
     /// The `IP:port` of the monitor server (`/metrics`, `/healthz`, `/readyz`).
     fn monitor_address(config: &Self::Config) -> String;
-    /// Registers the component's modules, enabled or not as configured.
-    fn register_modules(builder: &mut BusBuilder, config: &Self::Config) -> Result<(), BusError>;
+    /// Registers the component's modules, enabled or not as configured;
+    /// their metrics go in `registry`, which the monitor server serves.
+    fn register_modules(
+        builder: &mut BusBuilder,
+        config: &Self::Config,
+        registry: &mut Registry,
+    ) -> Result<(), BusError>;
 }
 
 /// Runs component `C` with the process's arguments and returns its exit
@@ -98,7 +103,7 @@ fn run_component<C: Component>(args: ComponentArgs) -> Result<(), String> {
 
     let mut registry = Registry::default();
     let mut builder = BusBuilder::new(BusConfig::default());
-    C::register_modules(&mut builder, &config).map_err(|error| error.to_string())?;
+    C::register_modules(&mut builder, &config, &mut registry).map_err(|error| error.to_string())?;
     let options = RunOptions {
         admin_address: C::monitor_address(&config),
         grace: SHUTDOWN_GRACE,

@@ -413,6 +413,38 @@ pub struct EdgeHub {
     pub http_server: String,
     /// Renew the node certificate before it expires. Default `true`.
     pub rotate_certificates: bool,
+    /// Kedge only: the delay bound before the first reconnect attempt. The
+    /// bound doubles after every failed attempt up to
+    /// `reconnectBackoffMax`, and each wait is a random time between zero
+    /// and the bound (full jitter). Default `1s`.
+    #[serde(default = "default_reconnect_backoff_base")]
+    pub reconnect_backoff_base: GoDuration,
+    /// Kedge only: the largest delay bound between reconnect attempts.
+    /// Default `30s`.
+    #[serde(default = "default_reconnect_backoff_max")]
+    pub reconnect_backoff_max: GoDuration,
+    /// Kedge only: the SQLite file where status reports wait until the
+    /// cloud acknowledges them. Default empty: `edgehub.db` in the
+    /// directory of `database.dataSource`.
+    #[serde(default)]
+    pub outbox_file: String,
+    /// Kedge only: how many reports (one per resource) the outbox keeps;
+    /// when it is full the oldest report is dropped. Must be greater than
+    /// 0. Default 10000.
+    #[serde(default = "default_outbox_capacity")]
+    pub outbox_capacity: i32,
+}
+
+fn default_reconnect_backoff_base() -> GoDuration {
+    GoDuration::from_secs(1)
+}
+
+fn default_reconnect_backoff_max() -> GoDuration {
+    GoDuration::from_secs(30)
+}
+
+fn default_outbox_capacity() -> i32 {
+    10_000
 }
 
 /// EdgeHub's QUIC transport.
@@ -479,6 +511,10 @@ impl EdgeHub {
             token: String::new(),
             http_server: format!("https://{ip}:10002"),
             rotate_certificates: true,
+            reconnect_backoff_base: default_reconnect_backoff_base(),
+            reconnect_backoff_max: default_reconnect_backoff_max(),
+            outbox_file: String::new(),
+            outbox_capacity: default_outbox_capacity(),
         }
     }
 }
@@ -1036,6 +1072,17 @@ fn validate_edge_hub(hub: &EdgeHub, v: &mut Validator) {
     v.positive("modules.edgeHub.heartbeat", hub.heartbeat);
     v.non_negative("modules.edgeHub.messageQPS", hub.message_qps);
     v.non_negative("modules.edgeHub.messageBurst", hub.message_burst);
+    v.check(
+        hub.reconnect_backoff_base > GoDuration::ZERO,
+        "modules.edgeHub.reconnectBackoffBase",
+        "must be greater than 0",
+    );
+    v.check(
+        hub.reconnect_backoff_max >= hub.reconnect_backoff_base,
+        "modules.edgeHub.reconnectBackoffMax",
+        "must not be less than reconnectBackoffBase",
+    );
+    v.positive("modules.edgeHub.outboxCapacity", hub.outbox_capacity);
     v.url(
         "modules.edgeHub.httpServer",
         &hub.http_server,

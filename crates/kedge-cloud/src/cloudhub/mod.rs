@@ -1,0 +1,320 @@
+//! CloudHub: the hub edge nodes connect to (protocol.md §2.5–2.6, §3, §5).
+//!
+//! * [`objectsync`]: what each node acknowledged, in memory and written to
+//!   ObjectSync / ClusterObjectSync in batches.
+//! * [`queue`]: each node's bounded, coalescing outbound queue and its
+//!   ACK tracking.
+//! * [`hub`]: the sessions of all nodes: admission, replacement, the node
+//!   limit and downstream dispatch.
+//! * [`secrets`]: the CA, server certificate and join token in Secrets.
+//!
+//! [`CloudHubModule`] puts them together: it loads or makes the CA, serves
+//! the certificate server, WebSocket and (when enabled) QUIC listeners,
+//! renews the join token, admits each authenticated link as its node's
+//! session, and sends each downstream bus message to its node.
+//! * [`session`]: one node's session: upstream routing and authorization,
+//!   keepalive, and writing the queue out.
+
+pub mod hub;
+pub mod objectsync;
+pub mod queue;
+pub mod secrets;
+pub mod session;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kedge_apis::config::cloudcore::CloudHub;
+use kedge_bus::{BusHandle, Module, ModuleContext, ModuleError};
+use kedge_message::{Message, delivery, group, module, operation, resource};
+use kedge_transport::ca::ClientAuth;
+use kedge_transport::certserver::{self, CertServerConfig, CertServerMetrics, CertServerState};
+use kedge_transport::limits::LinkLimits;
+use kedge_transport::link::Link;
+use kedge_transport::metrics::LinkMetrics;
+use kedge_transport::{quic, ws};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::ClusterClient;
+use hub::{Hub, HubConfig, HubEvents, HubMetrics};
+use objectsync::SyncRecords;
+use queue::Acked;
+use session::SessionConfig;
+
+/// The metrics of CloudHub and its listeners.
+#[derive(Debug, Clone, Default)]
+pub struct CloudHubMetrics {
+    /// Sessions, refusals and acknowledgements.
+    pub hub: HubMetrics,
+    /// The WebSocket and QUIC listeners.
+    pub link: LinkMetrics,
+    /// The certificate server.
+    pub certs: CertServerMetrics,
+}
+
+impl CloudHubMetrics {
+    /// Registers every metric in `registry`.
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        Self {
+            hub: HubMetrics::register(registry),
+            link: LinkMetrics::register(registry),
+            certs: CertServerMetrics::register(registry),
+        }
+    }
+}
+
+/// The CloudHub module.
+pub struct CloudHubModule {
+    config: CloudHub,
+    cluster: ClusterClient,
+    records: SyncRecords,
+    metrics: CloudHubMetrics,
+}
+
+impl CloudHubModule {
+    /// CloudHub as `config` (cloudcore.yaml's `modules.cloudHub`) says,
+    /// using `cluster` for its Secrets and ObjectSyncs and sharing
+    /// `records` with the SyncController.
+    pub fn new(
+        config: CloudHub,
+        cluster: ClusterClient,
+        records: SyncRecords,
+        metrics: CloudHubMetrics,
+    ) -> Self {
+        Self {
+            config,
+            cluster,
+            records,
+            metrics,
+        }
+    }
+}
+
+/// Where sessions deliver: the module bus and the acknowledgement records.
+#[derive(Clone)]
+struct BusEvents {
+    bus: BusHandle,
+    records: SyncRecords,
+}
+
+impl HubEvents for BusEvents {
+    async fn deliver(&self, group: &'static str, msg: Message) {
+        if let Err(error) = self.bus.send_to_group(group, msg).await {
+            tracing::debug!(group, %error, "cannot deliver an edge message");
+        }
+    }
+
+    fn acked(&self, node: &str, acked: Acked) {
+        self.records.acked(node, &acked);
+    }
+
+    fn connection(&self, node: &str, connected: bool) {
+        let event = if connected {
+            operation::CONNECTED
+        } else {
+            operation::DISCONNECTED
+        };
+        let msg = Message::new(
+            module::CLOUD_HUB,
+            group::CLOUD_HUB,
+            event,
+            format!("node/{node}"),
+            serde_json::json!({"event_type": event, "timestamp": kedge_message::now_millis() / 1000, "client_id": node}),
+        );
+        if self.bus.has_module(module::SYNC_CONTROLLER)
+            && let Err(error) = self.bus.try_send(module::SYNC_CONTROLLER, msg)
+        {
+            tracing::warn!(node, %error, "cannot tell the sync controller about a connection");
+        }
+    }
+
+    fn acknowledged(&self, node: &str) -> HashMap<String, u64> {
+        self.records.acknowledged(node)
+    }
+}
+
+fn parse_ip(what: &str, value: &str) -> Result<IpAddr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("modules.cloudHub.{what} {value:?} is not an IP address"))
+}
+
+fn port(what: &str, value: u32) -> Result<u16, String> {
+    u16::try_from(value).map_err(|_| format!("modules.cloudHub.{what} {value} is not a port"))
+}
+
+async fn bind(what: &str, address: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|error| format!("cannot listen on {address} for {what}: {error}"))
+}
+
+impl Module for CloudHubModule {
+    fn name(&self) -> &str {
+        module::CLOUD_HUB
+    }
+
+    fn group(&self) -> &str {
+        group::CLOUD_HUB
+    }
+
+    async fn run(self, mut ctx: ModuleContext) -> Result<(), ModuleError> {
+        let token = ctx.token().clone();
+        let client = tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            client = self.cluster.get() => client?,
+        };
+        let config = &self.config;
+        crate::crds::install(&client, crate::crds::definitions()).await?;
+        secrets::ensure_namespace(&client).await?;
+        let ca = Arc::new(secrets::load_or_create_ca(&client).await?);
+        let ips = config
+            .advertise_address
+            .iter()
+            .map(|ip| parse_ip("advertiseAddress", ip))
+            .collect::<Result<Vec<_>, _>>()?;
+        let server =
+            secrets::load_or_issue_server_certificate(&client, &ca, &ips, &config.dns_names)
+                .await?;
+        let refresh = Duration::from_secs(
+            u64::try_from(config.token_refresh_duration.max(1)).unwrap_or(12) * 3600,
+        );
+        secrets::publish_token(&client, &ca, 2 * refresh).await?;
+        self.records
+            .load(&client)
+            .await
+            .map_err(|error| format!("cannot list ObjectSyncs: {error}"))?;
+
+        let tasks = TaskTracker::new();
+        tasks.spawn(
+            self.records
+                .clone()
+                .write(client.clone(), token.child_token()),
+        );
+        {
+            let (client, ca, token) = (client.clone(), ca.clone(), token.clone());
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(refresh) => {}
+                    }
+                    if let Err(error) = secrets::publish_token(&client, &ca, 2 * refresh).await {
+                        tracing::warn!(%error, "cannot renew the join token");
+                    }
+                }
+            });
+        }
+
+        let (accepted_tx, mut accepted) = mpsc::channel::<Link>(1024);
+        let mut limits = LinkLimits::default();
+        limits.buffer = limits.buffer.max(256);
+        if config.https.enable {
+            let address = SocketAddr::new(
+                parse_ip("https.address", &config.https.address)?,
+                port("https.port", config.https.port)?,
+            );
+            let listener = bind("the certificate server", address).await?;
+            let tls = ca.server_config(&server, ClientAuth::Optional)?;
+            let cert_config = CertServerConfig {
+                node_cert_validity: Duration::from_secs(
+                    u64::try_from(config.edge_cert_signing_duration.max(1)).unwrap_or(365)
+                        * 24
+                        * 3600,
+                ),
+                ..CertServerConfig::default()
+            };
+            let state = CertServerState::new(ca.clone(), cert_config, self.metrics.certs.clone());
+            tasks.spawn(certserver::serve(
+                listener,
+                Arc::new(tls),
+                state,
+                token.child_token(),
+            ));
+        }
+        if config.websocket.enable {
+            let address = SocketAddr::new(
+                parse_ip("websocket.address", &config.websocket.address)?,
+                port("websocket.port", config.websocket.port)?,
+            );
+            let listener = bind("WebSocket", address).await?;
+            let tls = ca.server_config(&server, ClientAuth::Required)?;
+            tasks.spawn(ws::serve(
+                listener,
+                Arc::new(tls),
+                limits.clone(),
+                self.metrics.link.clone(),
+                accepted_tx.clone(),
+                token.child_token(),
+            ));
+        }
+        if config.quic.enable {
+            let address = SocketAddr::new(
+                parse_ip("quic.address", &config.quic.address)?,
+                port("quic.port", config.quic.port)?,
+            );
+            let tls = ca.server_config(&server, ClientAuth::Required)?;
+            let endpoint = quic::server_endpoint(address, &tls)?;
+            tasks.spawn(quic::serve(
+                endpoint,
+                limits.clone(),
+                self.metrics.link.clone(),
+                accepted_tx.clone(),
+                token.child_token(),
+            ));
+        }
+        drop(accepted_tx);
+
+        let hub = Hub::new(
+            HubConfig {
+                node_limit: usize::try_from(config.node_limit.max(1)).unwrap_or(1),
+                session: SessionConfig {
+                    keepalive_timeout: Duration::from_secs(
+                        u64::try_from(config.keepalive_interval.max(1)).unwrap_or(30),
+                    ),
+                    ..SessionConfig::default()
+                },
+                ..HubConfig::default()
+            },
+            BusEvents {
+                bus: ctx.bus().clone(),
+                records: self.records.clone(),
+            },
+            self.metrics.hub.clone(),
+            tasks.clone(),
+            token.child_token(),
+        );
+        ctx.set_ready();
+        tracing::info!(
+            websocket = config.websocket.enable,
+            quic = config.quic.enable,
+            certificates = config.https.enable,
+            "cloudhub serving"
+        );
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                link = accepted.recv() => match link {
+                    Some(link) => hub.accept(link),
+                    None => token.cancelled().await,
+                },
+                msg = ctx.recv() => {
+                    let Some(msg) = msg else { break };
+                    if delivery::needs_ack(&msg)
+                        && let Some(node) = resource::target_node(&msg.router.resource)
+                    {
+                        self.records.expect(node, &msg);
+                    }
+                    hub.dispatch(msg);
+                }
+            }
+        }
+        tasks.close();
+        tasks.wait().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,118 @@
+//! Reconnect delays: exponential backoff with full jitter.
+//!
+//! Attempt `n` (counting from 0) waits a uniformly random time in
+//! `[0, min(cap, base * 2^n)]`. Many edge nodes that lose the cloud at the
+//! same moment (a cloudcore restart) therefore spread their reconnects over
+//! the whole window instead of arriving in waves.
+
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+/// Exponential backoff with full jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+    rng: SmallRng,
+}
+
+impl Backoff {
+    /// A backoff seeded from the operating system's random source.
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self::with_rng(base, cap, rand::make_rng())
+    }
+
+    /// A backoff whose delays follow from `seed`, for tests.
+    pub fn seeded(base: Duration, cap: Duration, seed: u64) -> Self {
+        Self::with_rng(base, cap, SmallRng::seed_from_u64(seed))
+    }
+
+    fn with_rng(base: Duration, cap: Duration, rng: SmallRng) -> Self {
+        Self {
+            base,
+            cap: cap.max(base),
+            attempt: 0,
+            rng,
+        }
+    }
+
+    /// The upper bound of the next delay: `min(cap, base * 2^attempt)`.
+    pub fn bound(&self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// The next delay, a random time between zero and [`bound`](Self::bound);
+    /// every call doubles the bound until it reaches the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let bound = self.bound();
+        // Nanosecond resolution; a cap above 584 years saturates.
+        let bound_nanos = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
+        let delay = Duration::from_nanos(self.rng.random_range(0..=bound_nanos));
+        if self.bound() < self.cap {
+            self.attempt = self.attempt.saturating_add(1);
+        }
+        delay
+    }
+
+    /// Starts again from `base` (after a connection that stayed up).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// How many delays were taken since the last reset, up to the one that
+    /// reached the cap.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_double_up_to_the_cap() {
+        let mut b = Backoff::seeded(Duration::from_secs(1), Duration::from_secs(30), 7);
+        let mut bounds = Vec::new();
+        for _ in 0..8 {
+            bounds.push(b.bound().as_secs());
+            let bound = b.bound();
+            assert!(b.next_delay() <= bound);
+        }
+        assert_eq!(bounds, [1, 2, 4, 8, 16, 30, 30, 30]);
+        b.reset();
+        assert_eq!(b.bound(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn delays_are_jittered_over_the_whole_window() {
+        let mut b = Backoff::seeded(Duration::from_secs(8), Duration::from_secs(8), 1);
+        let delays: Vec<Duration> = (0..200).map(|_| b.next_delay()).collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(8)));
+        // Full jitter: both halves of the window are used.
+        assert!(delays.iter().any(|d| *d < Duration::from_secs(2)));
+        assert!(delays.iter().any(|d| *d > Duration::from_secs(6)));
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_delays() {
+        let mut a = Backoff::seeded(Duration::from_secs(1), Duration::from_secs(30), 42);
+        let mut b = Backoff::seeded(Duration::from_secs(1), Duration::from_secs(30), 42);
+        for _ in 0..10 {
+            assert_eq!(a.next_delay(), b.next_delay());
+        }
+    }
+
+    #[test]
+    fn huge_attempt_counts_saturate() {
+        let mut b = Backoff::seeded(Duration::from_millis(1), Duration::MAX, 3);
+        for _ in 0..100 {
+            let _ = b.next_delay();
+        }
+        assert!(b.bound() >= Duration::from_millis(1));
+    }
+}
