@@ -8,12 +8,12 @@
 //! `update` with the whole object. CloudHub's queue drops what the node
 //! already holds, so a node is never sent an older version over a newer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use kedge_bus::{BusHandle, Module, ModuleContext, ModuleError};
 use kedge_message::{Message, group, module, operation, resource};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use serde_json::json;
 
 use crate::cloudhub::objectsync::{SyncRecord, SyncRecords};
@@ -109,56 +109,104 @@ pub fn reconcile(
     None
 }
 
-/// Reads the live object a record is about; `None` when it is gone.
-async fn live_object(
+/// The live objects of one kind, by namespace and name.
+type LiveObjects = HashMap<(Option<String>, String), serde_json::Value>;
+
+/// Lists every object of the kind `api_version`/`kind`, in all namespaces.
+async fn list_kind(
     client: &kube::Client,
-    record: &SyncRecord,
-) -> Result<Option<serde_json::Value>, kube::Error> {
-    let (group, version) = match record.api_version.split_once('/') {
+    api_version: &str,
+    kind: &str,
+) -> Result<LiveObjects, kube::Error> {
+    let (group, version) = match api_version.split_once('/') {
         Some((group, version)) => (group, version),
-        None => ("", record.api_version.as_str()),
+        None => ("", api_version),
     };
-    let gvk = GroupVersionKind::gvk(group, version, &record.kind);
-    let api_resource = ApiResource::from_gvk(&gvk);
-    let api: Api<DynamicObject> = match &record.namespace {
-        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &api_resource),
-        None => Api::all_with(client.clone(), &api_resource),
-    };
-    let object = api.get_opt(&record.name).await?;
-    Ok(object.map(|mut object| {
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ApiResource::from_gvk(&gvk));
+    let mut objects = LiveObjects::new();
+    for mut object in api.list(&ListParams::default()).await? {
         object.types = Some(kube::api::TypeMeta {
-            api_version: record.api_version.clone(),
-            kind: record.kind.clone(),
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
         });
-        serde_json::to_value(object).unwrap_or_default()
-    }))
+        let key = (
+            object.metadata.namespace.clone(),
+            object.metadata.name.clone().unwrap_or_default(),
+        );
+        if let Ok(value) = serde_json::to_value(object) {
+            objects.insert(key, value);
+        }
+    }
+    Ok(objects)
 }
 
-/// Compares every record of `node` and sends what it lacks to CloudHub.
-async fn sync_node(client: &kube::Client, records: &SyncRecords, bus: &BusHandle, node: &str) {
-    for (uid, record) in records.records(node) {
-        if record.kind.is_empty() || record.name.is_empty() {
-            continue;
-        }
-        let live = match live_object(client, &record).await {
-            Ok(live) => live,
+/// Compares every record of `nodes` with the live objects (one list per
+/// kind for the whole round, so a round costs the API the same whatever
+/// the number of nodes) and sends what each node lacks to CloudHub.
+async fn sync_nodes(
+    client: &kube::Client,
+    records: &SyncRecords,
+    bus: &BusHandle,
+    nodes: &[String],
+) {
+    let per_node: Vec<(&String, HashMap<String, SyncRecord>)> = nodes
+        .iter()
+        .map(|node| (node, records.records(node)))
+        .collect();
+    let kinds: HashSet<(String, String)> = per_node
+        .iter()
+        .flat_map(|(_, records)| records.values())
+        .filter(|record| !record.kind.is_empty() && !record.name.is_empty())
+        .map(|record| (record.api_version.clone(), record.kind.clone()))
+        .collect();
+    let mut live: HashMap<(String, String), LiveObjects> = HashMap::new();
+    for (api_version, kind) in kinds {
+        match list_kind(client, &api_version, &kind).await {
+            Ok(objects) => {
+                live.insert((api_version, kind), objects);
+            }
             Err(error) => {
-                tracing::debug!(node, kind = %record.kind, name = %record.name, %error, "cannot read the object; next round");
+                tracing::debug!(%api_version, %kind, %error, "cannot list the kind; next round");
+            }
+        }
+    }
+    for (node, node_records) in per_node {
+        for (uid, record) in node_records {
+            let Some(objects) = live.get(&(record.api_version.clone(), record.kind.clone())) else {
+                continue;
+            };
+            let object = objects.get(&(record.namespace.clone(), record.name.clone()));
+            let Some(msg) = reconcile(node, &uid, &record, object) else {
+                continue;
+            };
+            if msg.router.operation == operation::DELETE && record.resource_version == 0 {
+                // Never delivered, and gone: nothing to delete at the edge.
+                records.forget(node, &uid);
                 continue;
             }
-        };
-        let Some(msg) = reconcile(node, &uid, &record, live.as_ref()) else {
-            continue;
-        };
-        if msg.router.operation == operation::DELETE && record.resource_version == 0 {
-            // Never delivered, and gone: nothing to delete at the edge.
-            records.forget(node, &uid);
-            continue;
+            if let Err(error) = bus.send(module::CLOUD_HUB, msg).await {
+                tracing::debug!(%node, %error, "cannot hand a resync to cloudhub");
+                return;
+            }
         }
-        if let Err(error) = bus.send(module::CLOUD_HUB, msg).await {
-            tracing::debug!(node, %error, "cannot hand a resync to cloudhub");
-            return;
+    }
+}
+
+/// Updates `connected` from a CloudHub connection event; the node to
+/// compare now, if it connected.
+fn note_connection(connected: &mut HashSet<String>, msg: &Message) -> Option<String> {
+    let node = msg.router.resource.strip_prefix("node/")?.to_owned();
+    match msg.router.operation.as_str() {
+        operation::CONNECTED => {
+            connected.insert(node.clone());
+            Some(node)
         }
+        operation::DISCONNECTED => {
+            connected.remove(&node);
+            None
+        }
+        _ => None,
     }
 }
 
@@ -182,29 +230,22 @@ impl Module for SyncController {
         let mut tick = tokio::time::interval(self.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let due: Vec<String> = tokio::select! {
+            let mut due: HashSet<String> = tokio::select! {
                 () = token.cancelled() => return Ok(()),
                 msg = ctx.recv() => {
                     let Some(msg) = msg else { return Ok(()) };
-                    let Some(node) = msg.router.resource.strip_prefix("node/").map(str::to_owned) else {
-                        continue;
-                    };
-                    match msg.router.operation.as_str() {
-                        operation::CONNECTED => {
-                            connected.insert(node.clone());
-                            vec![node]
-                        }
-                        operation::DISCONNECTED => {
-                            connected.remove(&node);
-                            Vec::new()
-                        }
-                        _ => Vec::new(),
-                    }
+                    note_connection(&mut connected, &msg).into_iter().collect()
                 }
-                _ = tick.tick() => connected.iter().cloned().collect(),
+                _ = tick.tick() => connected.clone(),
             };
-            for node in due {
-                sync_node(&client, &self.records, ctx.bus(), &node).await;
+            // Nodes connecting together (after a cloudcore restart) share
+            // one round.
+            while let Some(Some(msg)) = futures::FutureExt::now_or_never(ctx.recv()) {
+                due.extend(note_connection(&mut connected, &msg));
+            }
+            let due: Vec<String> = due.into_iter().collect();
+            if !due.is_empty() {
+                sync_nodes(&client, &self.records, ctx.bus(), &due).await;
             }
         }
     }
