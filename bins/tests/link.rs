@@ -218,3 +218,77 @@ async fn tokens_and_node_identities_are_enforced() {
     drop(second);
     cloud.stop().await;
 }
+
+/// Waits until cloudcore's `kedge_cloudhub_sessions` gauge reads `count`.
+async fn sessions(cloud: &Cloud, count: f64) {
+    let wait = async {
+        while support::metric(&cloud.monitor, "kedge_cloudhub_sessions").await != Some(count) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    if tokio::time::timeout(DEADLINE, wait).await.is_err() {
+        panic!(
+            "cloudcore never had {count} sessions; log:\n{}",
+            cloud.log()
+        );
+    }
+}
+
+#[tokio::test]
+async fn edgecore_joins_with_the_token_and_reconnects_after_a_cloudcore_restart() {
+    use kedge_apis::config::edgecore::EdgeCoreConfig;
+
+    let mut cloud = Cloud::start(Backend::start(false).await).await;
+    let hub = cloud.config().modules.cloud_hub;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let printed = Command::new(env!("CARGO_BIN_EXE_edgecore"))
+        .arg("--defaultconfig")
+        .output()
+        .expect("edgecore runs");
+    let mut config = EdgeCoreConfig::from_yaml_str(&String::from_utf8_lossy(&printed.stdout))
+        .expect("default config");
+    let at = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    config.monitor_server.bind_address = format!("127.0.0.1:{}", support::free_port());
+    config.database.data_source = at("edgecore.db");
+    config.modules.edged.tailored_kubelet_flag.hostname_override = "edge-real".to_owned();
+    let edge_hub = &mut config.modules.edge_hub;
+    edge_hub.token = gettoken(&cloud);
+    edge_hub.http_server = format!("https://127.0.0.1:{}", hub.https.port);
+    edge_hub.websocket.server = format!("127.0.0.1:{}", hub.websocket.port);
+    edge_hub.tls_ca_file = at("ca/rootCA.crt");
+    edge_hub.tls_cert_file = at("certs/server.crt");
+    edge_hub.tls_private_key_file = at("certs/server.key");
+    let config_path = dir.path().join("edgecore.yaml");
+    std::fs::write(&config_path, config.to_yaml().expect("yaml")).expect("written");
+    let log = std::fs::File::create(dir.path().join("edgecore.log")).expect("log file");
+    let mut edgecore = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgecore"))
+        .arg("--config")
+        .arg(&config_path)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("edgecore starts");
+
+    sessions(&cloud, 1.0).await;
+    assert!(
+        dir.path().join("certs/server.crt").exists(),
+        "the node certificate is kept"
+    );
+    // cloudcore goes away and comes back: edgecore reconnects by itself.
+    cloud.restart().await;
+    sessions(&cloud, 1.0).await;
+
+    let pid = edgecore.id().expect("running").to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let status = tokio::time::timeout(DEADLINE, edgecore.wait())
+        .await
+        .expect("edgecore stops")
+        .expect("wait");
+    assert!(status.success(), "edgecore exited with {status}");
+    sessions(&cloud, 0.0).await;
+    cloud.stop().await;
+}

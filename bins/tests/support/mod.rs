@@ -332,10 +332,32 @@ fn tail(log: &str) -> String {
 
 /// The status code of `GET path` over plain HTTP, or `None`.
 pub async fn http_status(address: &str, path: &str) -> Option<u16> {
+    let (status, _) = http_get(address, path).await?;
+    Some(status)
+}
+
+/// `GET path` over HTTP/1.0: the status and body, `None` while nothing
+/// answers.
+pub async fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(address).await.ok()?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await.ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The value of the metric line starting with `name` on cloudcore's
+/// monitor server, if it is there.
+pub async fn metric(monitor: &str, name: &str) -> Option<f64> {
+    let (_, body) = http_get(monitor, "/metrics").await?;
+    body.lines()
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
 }
