@@ -37,6 +37,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use der::asn1::{AnyRef, ObjectIdentifier};
+use der::{Decode as _, Encode as _, Header, Reader as _, SliceReader, Tag};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -431,7 +433,7 @@ impl Pki {
         ];
         params.extended_key_usages = usages.iter().map(|usage| usage.purpose()).collect();
         let certificate = params.signed_by(public_key, &self.issuer()?)?;
-        let subject = encode_subject(common_name, organizations);
+        let subject = encode_subject(common_name, organizations)?;
         replace_subject(certificate.der(), &subject, &self.ca_key)
     }
 
@@ -613,21 +615,27 @@ fn covers(cert_der: &[u8], ips: &[IpAddr], dns: &[String]) -> bool {
 /// The DER `Name` O=`organizations[0]`, O=…, CN=`common_name`, one attribute
 /// per RDN in the order Go's `pkix.Name` writes them, every value a
 /// UTF8String.
-fn encode_subject(common_name: &str, organizations: &[String]) -> Vec<u8> {
-    const OID_ORGANIZATION: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x0a];
-    const OID_COMMON_NAME: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
-    let rdn = |oid: &[u8], value: &str| {
-        let mut attribute = oid.to_vec();
-        attribute.extend(der_tlv(0x0c, value.as_bytes()));
-        der_tlv(0x31, &der_tlv(0x30, &attribute))
+fn encode_subject(common_name: &str, organizations: &[String]) -> Result<Vec<u8>, PkiError> {
+    let rdn = |oid: &ObjectIdentifier, value: &str| -> der::Result<Vec<u8>> {
+        let mut attribute = oid.to_der()?;
+        attribute.extend(der_tlv(Tag::Utf8String, value.as_bytes())?);
+        der_tlv(Tag::Set, &der_tlv(Tag::Sequence, &attribute)?)
     };
-    let mut rdns = Vec::new();
-    for organization in organizations {
-        rdns.extend(rdn(&OID_ORGANIZATION, organization));
-    }
-    rdns.extend(rdn(&OID_COMMON_NAME, common_name));
-    der_tlv(0x30, &rdns)
+    let encode = || -> der::Result<Vec<u8>> {
+        let mut rdns = Vec::new();
+        for organization in organizations {
+            rdns.extend(rdn(&OID_ORGANIZATION, organization)?);
+        }
+        rdns.extend(rdn(&OID_COMMON_NAME, common_name)?);
+        der_tlv(Tag::Sequence, &rdns)
+    };
+    encode().map_err(|err| PkiError::BadCsr(format!("cannot encode the subject: {err}")))
 }
+
+/// The `organizationName` attribute type (2.5.4.10).
+const OID_ORGANIZATION: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.10");
+/// The `commonName` attribute type (2.5.4.3).
+const OID_COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 
 /// Re-signs `cert_der` with its subject replaced by `subject` (a DER
 /// `Name`). rcgen cannot write several values of one attribute type (several
@@ -645,71 +653,42 @@ fn replace_subject(cert_der: &[u8], subject: &[u8], ca_key: &KeyPair) -> Result<
         .checked_sub(tbs.as_ptr().addr())
         .filter(|start| start + old_subject.len() <= tbs.len())
         .ok_or_else(malformed)?;
-    let header = der_header_len(tbs).ok_or_else(malformed)?;
+    let (header, _) = der_lengths(tbs).ok_or_else(malformed)?;
     let mut content = tbs[header..start].to_vec();
     content.extend_from_slice(subject);
     content.extend_from_slice(&tbs[start + old_subject.len()..]);
-    let new_tbs = der_tlv(0x30, &content);
+    let new_tbs = der_tlv(Tag::Sequence, &content).map_err(|_| malformed())?;
     let signature = ca_key.sign(&new_tbs)?;
 
     // Certificate ::= SEQUENCE { tbs, signatureAlgorithm, signatureValue }:
     // keep the algorithm element that follows the old TBS.
-    let outer = der_header_len(cert_der).ok_or_else(malformed)?;
+    let (outer, _) = der_lengths(cert_der).ok_or_else(malformed)?;
     let after_tbs = &cert_der[outer + tbs.len()..];
-    let algorithm_len = der_header_len(after_tbs)
-        .and_then(|header| der_content_len(after_tbs).map(|len| header + len))
+    let algorithm_len = der_lengths(after_tbs)
+        .map(|(header, len)| header + len)
         .filter(|len| *len <= after_tbs.len())
         .ok_or_else(malformed)?;
     let mut bit_string = vec![0u8];
     bit_string.extend(signature);
     let mut body = new_tbs;
     body.extend_from_slice(&after_tbs[..algorithm_len]);
-    body.extend(der_tlv(0x03, &bit_string));
-    Ok(der_tlv(0x30, &body))
+    body.extend(der_tlv(Tag::BitString, &bit_string).map_err(|_| malformed())?);
+    der_tlv(Tag::Sequence, &body).map_err(|_| malformed())
 }
 
 /// A DER element: tag, definite length, content.
-fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|byte| *byte == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out.extend_from_slice(content);
-    out
+fn der_tlv(tag: Tag, content: &[u8]) -> der::Result<Vec<u8>> {
+    AnyRef::new(tag, content)?.to_der()
 }
 
-/// The length of a DER element's tag and length octets.
-fn der_header_len(element: &[u8]) -> Option<usize> {
-    let first = *element.get(1)?;
-    if first < 0x80 {
-        Some(2)
-    } else {
-        Some(2 + usize::from(first & 0x7f))
-    }
-}
-
-/// The length of a DER element's content.
-fn der_content_len(element: &[u8]) -> Option<usize> {
-    let first = *element.get(1)?;
-    if first < 0x80 {
-        return Some(usize::from(first));
-    }
-    let count = usize::from(first & 0x7f);
-    let bytes = element.get(2..2 + count)?;
-    Some(
-        bytes
-            .iter()
-            .fold(0usize, |len, byte| (len << 8) | usize::from(*byte)),
-    )
+/// The lengths of a DER element's tag and length octets and of its
+/// content.
+fn der_lengths(element: &[u8]) -> Option<(usize, usize)> {
+    let mut reader = SliceReader::new(element).ok()?;
+    let header = Header::decode(&mut reader).ok()?;
+    let header_len = usize::try_from(reader.position()).ok()?;
+    let content_len = usize::try_from(header.length()).ok()?;
+    Some((header_len, content_len))
 }
 
 // === helpers ===
@@ -879,9 +858,9 @@ mod tests {
     #[test]
     fn der_lengths_round_trip() {
         for len in [0usize, 1, 127, 128, 255, 256, 70_000] {
-            let element = der_tlv(0x04, &vec![7u8; len]);
-            let header = der_header_len(&element).expect("header");
-            assert_eq!(der_content_len(&element), Some(len));
+            let element = der_tlv(Tag::OctetString, &vec![7u8; len]).expect("encodes");
+            let (header, content) = der_lengths(&element).expect("header");
+            assert_eq!(content, len);
             assert_eq!(element.len(), header + len);
         }
     }

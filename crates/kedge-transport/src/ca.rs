@@ -32,6 +32,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use p256::elliptic_curve::ALGORITHM_OID as ID_EC_PUBLIC_KEY;
+use pkcs8::der::Decode as _;
+use pkcs8::{AssociatedOid as _, DecodePrivateKey as _, EncodePrivateKey as _};
+use pkcs8::{ObjectIdentifier, PrivateKeyInfoRef};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
@@ -40,6 +44,7 @@ use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use sec1::{EcParameters, EcPrivateKey};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer;
@@ -649,21 +654,23 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A key pair from DER, SEC1 (`EC PRIVATE KEY`) or PKCS#8.
 pub(crate) fn key_pair_from_der(der: &[u8]) -> Result<KeyPair, CaError> {
-    let pkcs8 = match key_form(der)? {
-        KeyForm::Sec1 => pkcs8_from_sec1(der)?,
-        KeyForm::Pkcs8 => der.to_vec(),
-    };
-    KeyPair::try_from(&PrivatePkcs8KeyDer::from(pkcs8))
+    KeyPair::try_from(&PrivatePkcs8KeyDer::from(pkcs8_of(der)?))
         .map_err(|err| CaError::BadKey(err.to_string()))
 }
 
 /// A key DER (SEC1 or PKCS#8) as rustls takes it (PKCS#8).
 pub(crate) fn private_key_der(der: &[u8]) -> Result<PrivateKeyDer<'static>, CaError> {
-    let pkcs8 = match key_form(der)? {
-        KeyForm::Sec1 => pkcs8_from_sec1(der)?,
-        KeyForm::Pkcs8 => der.to_vec(),
-    };
-    Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8)))
+    Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8_of(
+        der,
+    )?)))
+}
+
+/// A key DER (SEC1 or PKCS#8) as PKCS#8.
+fn pkcs8_of(der: &[u8]) -> Result<Vec<u8>, CaError> {
+    match key_form(der)? {
+        KeyForm::Sec1 => pkcs8_from_sec1(der),
+        KeyForm::Pkcs8 => Ok(der.to_vec()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -672,69 +679,66 @@ enum KeyForm {
     Pkcs8,
 }
 
-/// SEC1's `ECPrivateKey` starts with version 1, PKCS#8's `PrivateKeyInfo`
-/// with version 0 (or 1 for the v2 "OneAsymmetricKey" form, whose second
-/// element is a SEQUENCE rather than an OCTET STRING).
+/// Whether `der` is a SEC1 `ECPrivateKey` or a PKCS#8 `PrivateKeyInfo`
+/// (v1, or v2 "OneAsymmetricKey").
 fn key_form(der: &[u8]) -> Result<KeyForm, CaError> {
-    let bad = || CaError::BadKey("not a DER SEC1 or PKCS#8 private key".to_owned());
-    let (tag, body, _) = der::read(der).ok_or_else(bad)?;
-    if tag != der::SEQUENCE {
-        return Err(bad());
-    }
-    let (tag, version, rest) = der::read(body).ok_or_else(bad)?;
-    if tag != der::INTEGER {
-        return Err(bad());
-    }
-    let (next, _, _) = der::read(rest).ok_or_else(bad)?;
-    match (version, next) {
-        ([1], der::OCTET_STRING) => Ok(KeyForm::Sec1),
-        ([0 | 1], der::SEQUENCE) => Ok(KeyForm::Pkcs8),
-        _ => Err(bad()),
+    if EcPrivateKey::from_der(der).is_ok() {
+        Ok(KeyForm::Sec1)
+    } else if PrivateKeyInfoRef::from_der(der).is_ok() {
+        Ok(KeyForm::Pkcs8)
+    } else {
+        Err(CaError::BadKey(
+            "not a DER SEC1 or PKCS#8 private key".to_owned(),
+        ))
     }
 }
 
-/// The named curves Kedge reads keys of.
-const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+/// The curves Kedge reads EC keys of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Curve {
+    P256,
+    P384,
+}
+
+impl Curve {
+    /// The curve named `oid`, if Kedge reads it.
+    fn named(oid: ObjectIdentifier) -> Option<Self> {
+        if oid == p256::NistP256::OID {
+            Some(Self::P256)
+        } else if oid == p384::NistP384::OID {
+            Some(Self::P384)
+        } else {
+            None
+        }
+    }
+}
 
 /// Wraps a SEC1 `ECPrivateKey` in PKCS#8. The curve is the key's
 /// parameters, or else guessed from the private key's length; the public
-/// key must be present (Go and OpenSSL always write it).
+/// key must be present (Go and OpenSSL always write it) and match.
 pub(crate) fn pkcs8_from_sec1(sec1: &[u8]) -> Result<Vec<u8>, CaError> {
-    let parts = der::parse_ec_private_key(sec1)
-        .ok_or_else(|| CaError::BadKey("malformed SEC1 EC private key".to_owned()))?;
-    if parts.public_key.is_none() {
-        return Err(CaError::BadKey(
-            "SEC1 EC private key without its public key".to_owned(),
-        ));
+    let bad = |what: &str| CaError::BadKey(format!("SEC1 EC private key: {what}"));
+    let key = EcPrivateKey::from_der(sec1).map_err(|err| bad(&err.to_string()))?;
+    if key.public_key.is_none() {
+        return Err(bad("no public key"));
     }
-    let curve = match (parts.curve, parts.private_key.len()) {
-        (Some(curve), _) => curve.to_vec(),
-        (None, 32) => OID_P256.to_vec(),
-        (None, 48) => OID_P384.to_vec(),
-        (None, _) => return Err(CaError::BadKey("unknown EC curve".to_owned())),
+    let curve = match (
+        key.parameters.and_then(EcParameters::named_curve),
+        key.private_key.len(),
+    ) {
+        (Some(oid), _) => Curve::named(oid).ok_or_else(|| bad("unsupported EC curve"))?,
+        (None, 32) => Curve::P256,
+        (None, 48) => Curve::P384,
+        (None, _) => return Err(bad("unknown EC curve")),
     };
-    if curve != OID_P256 && curve != OID_P384 {
-        return Err(CaError::BadKey("unsupported EC curve".to_owned()));
-    }
-    let algorithm = der::tlv(
-        der::SEQUENCE,
-        &[
-            der::tlv(der::OID, OID_EC_PUBLIC_KEY),
-            der::tlv(der::OID, &curve),
-        ]
-        .concat(),
-    );
-    Ok(der::tlv(
-        der::SEQUENCE,
-        &[
-            der::tlv(der::INTEGER, &[0]),
-            algorithm,
-            der::tlv(der::OCTET_STRING, sec1),
-        ]
-        .concat(),
-    ))
+    let pkcs8 = match curve {
+        Curve::P256 => p256::SecretKey::try_from(key).map(|key| key.to_pkcs8_der()),
+        Curve::P384 => p384::SecretKey::try_from(key).map(|key| key.to_pkcs8_der()),
+    };
+    let pkcs8 = pkcs8
+        .map_err(|err| bad(&err.to_string()))?
+        .map_err(|err| bad(&err.to_string()))?;
+    Ok(pkcs8.as_bytes().to_vec())
 }
 
 /// The SEC1 `ECPrivateKey` of a PKCS#8 EC key, in the form Go's
@@ -742,158 +746,22 @@ pub(crate) fn pkcs8_from_sec1(sec1: &[u8]) -> Result<Vec<u8>, CaError> {
 /// the curve's size, the named curve (`[0]`) and the public key (`[1]`).
 pub(crate) fn sec1_from_pkcs8(pkcs8: &[u8]) -> Result<Vec<u8>, CaError> {
     let bad = |what: &str| CaError::BadKey(format!("PKCS#8 key: {what}"));
-    let (tag, body, _) = der::read(pkcs8).ok_or_else(|| bad("malformed"))?;
-    if tag != der::SEQUENCE {
-        return Err(bad("malformed"));
-    }
-    let (_, _, rest) = der::read(body).ok_or_else(|| bad("malformed"))?;
-    let (tag, algorithm, rest) = der::read(rest).ok_or_else(|| bad("malformed"))?;
-    if tag != der::SEQUENCE {
-        return Err(bad("malformed"));
-    }
-    let (tag, oid, params) = der::read(algorithm).ok_or_else(|| bad("malformed"))?;
-    if tag != der::OID || oid != OID_EC_PUBLIC_KEY {
+    let info = PrivateKeyInfoRef::from_der(pkcs8).map_err(|err| bad(&err.to_string()))?;
+    if info.algorithm.oid != ID_EC_PUBLIC_KEY {
         return Err(bad("not an EC key"));
     }
-    let (tag, curve, _) = der::read(params).ok_or_else(|| bad("no named curve"))?;
-    if tag != der::OID {
-        return Err(bad("no named curve"));
-    }
-    let size = match curve {
-        OID_P256 => 32,
-        OID_P384 => 48,
-        _ => return Err(bad("unsupported EC curve")),
+    let curve = info
+        .algorithm
+        .parameters_oid()
+        .map_err(|_| bad("no named curve"))?;
+    let sec1 = match Curve::named(curve).ok_or_else(|| bad("unsupported EC curve"))? {
+        Curve::P256 => p256::SecretKey::from_pkcs8_der(pkcs8).map(|key| key.to_sec1_der()),
+        Curve::P384 => p384::SecretKey::from_pkcs8_der(pkcs8).map(|key| key.to_sec1_der()),
     };
-    let (tag, inner, _) = der::read(rest).ok_or_else(|| bad("malformed"))?;
-    if tag != der::OCTET_STRING {
-        return Err(bad("malformed"));
-    }
-    let parts = der::parse_ec_private_key(inner).ok_or_else(|| bad("malformed EC key"))?;
-    let public_key = parts.public_key.ok_or_else(|| bad("no public key"))?;
-    let scalar = parts
-        .private_key
-        .iter()
-        .skip_while(|byte| **byte == 0)
-        .copied()
-        .collect::<Vec<u8>>();
-    if scalar.len() > size {
-        return Err(bad("private key too long for its curve"));
-    }
-    let mut padded = vec![0u8; size - scalar.len()];
-    padded.extend(scalar);
-    Ok(der::tlv(
-        der::SEQUENCE,
-        &[
-            der::tlv(der::INTEGER, &[1]),
-            der::tlv(der::OCTET_STRING, &padded),
-            der::tlv(der::CONTEXT_0, &der::tlv(der::OID, curve)),
-            der::tlv(der::CONTEXT_1, &der::tlv(der::BIT_STRING, public_key)),
-        ]
-        .concat(),
-    ))
-}
-
-/// Just enough DER to convert EC private keys between SEC1 and PKCS#8.
-mod der {
-    pub(super) const INTEGER: u8 = 0x02;
-    pub(super) const BIT_STRING: u8 = 0x03;
-    pub(super) const OCTET_STRING: u8 = 0x04;
-    pub(super) const OID: u8 = 0x06;
-    pub(super) const SEQUENCE: u8 = 0x30;
-    pub(super) const CONTEXT_0: u8 = 0xa0;
-    pub(super) const CONTEXT_1: u8 = 0xa1;
-
-    /// One element: its tag, its content and what follows it. Single-byte
-    /// tags and definite lengths only.
-    pub(super) fn read(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let tag = *input.first()?;
-        let first = *input.get(1)?;
-        let (len, header) = if first < 0x80 {
-            (usize::from(first), 2)
-        } else {
-            let count = usize::from(first & 0x7f);
-            if count == 0 || count > 4 {
-                return None;
-            }
-            let bytes = input.get(2..2 + count)?;
-            let len = bytes
-                .iter()
-                .fold(0usize, |len, byte| (len << 8) | usize::from(*byte));
-            (len, 2 + count)
-        };
-        let end = header.checked_add(len)?;
-        let content = input.get(header..end)?;
-        Some((tag, content, &input[end..]))
-    }
-
-    /// An element: tag, definite length, content.
-    pub(super) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        let len = content.len();
-        if len < 0x80 {
-            out.push(len as u8);
-        } else {
-            let bytes: Vec<u8> = len
-                .to_be_bytes()
-                .into_iter()
-                .skip_while(|byte| *byte == 0)
-                .collect();
-            out.push(0x80 | bytes.len() as u8);
-            out.extend(bytes);
-        }
-        out.extend_from_slice(content);
-        out
-    }
-
-    /// The parts of a SEC1 `ECPrivateKey`.
-    pub(super) struct EcPrivateKey<'a> {
-        pub(super) private_key: &'a [u8],
-        pub(super) curve: Option<&'a [u8]>,
-        /// The BIT STRING content (unused-bits byte included).
-        pub(super) public_key: Option<&'a [u8]>,
-    }
-
-    pub(super) fn parse_ec_private_key(input: &[u8]) -> Option<EcPrivateKey<'_>> {
-        let (tag, body, _) = read(input)?;
-        if tag != SEQUENCE {
-            return None;
-        }
-        let (tag, version, rest) = read(body)?;
-        if tag != INTEGER || version != [1] {
-            return None;
-        }
-        let (tag, private_key, mut rest) = read(rest)?;
-        if tag != OCTET_STRING {
-            return None;
-        }
-        let mut key = EcPrivateKey {
-            private_key,
-            curve: None,
-            public_key: None,
-        };
-        while !rest.is_empty() {
-            let (tag, content, next) = read(rest)?;
-            match tag {
-                CONTEXT_0 => {
-                    let (tag, oid, _) = read(content)?;
-                    if tag != OID {
-                        return None;
-                    }
-                    key.curve = Some(oid);
-                }
-                CONTEXT_1 => {
-                    let (tag, bits, _) = read(content)?;
-                    if tag != BIT_STRING {
-                        return None;
-                    }
-                    key.public_key = Some(bits);
-                }
-                _ => return None,
-            }
-            rest = next;
-        }
-        Some(key)
-    }
+    let sec1 = sec1
+        .map_err(|err| bad(&err.to_string()))?
+        .map_err(|err| bad(&err.to_string()))?;
+    Ok(sec1.to_vec())
 }
 
 // === helpers ===
@@ -1025,9 +893,12 @@ mod tests {
         assert!(lifetime > 99 * 365 * DAY_SECS as i64);
         // The key is SEC1 as Go writes it: version 1, 32-byte key, curve, point.
         assert_eq!(key_form(ca.key_der()).expect("form"), KeyForm::Sec1);
-        let parts = der::parse_ec_private_key(ca.key_der()).expect("sec1");
+        let parts = EcPrivateKey::from_der(ca.key_der()).expect("sec1");
         assert_eq!(parts.private_key.len(), 32);
-        assert_eq!(parts.curve, Some(OID_P256));
+        assert_eq!(
+            parts.parameters.and_then(EcParameters::named_curve),
+            Some(p256::NistP256::OID)
+        );
         assert!(parts.public_key.is_some());
 
         let again = HubCa::from_der(ca.cert_der(), ca.key_der()).expect("reloads");

@@ -15,6 +15,9 @@
 //!   (frame and handshake size, handshake time, message rate, buffering).
 //! * [`metrics`]: the link metrics (refusals by reason, connections,
 //!   messages) that the transports count into.
+//! * [`client`]: what a client of either transport names
+//!   ([`client::ConnectTarget`]) and what can go wrong
+//!   ([`client::ConnectError`]).
 //! * [`ws`]: the WebSocket-over-TLS transport, KubeEdge's main channel:
 //!   the CloudHub server and the EdgeHub client.
 //! * [`quic`]: the same over IETF QUIC (not wire-compatible with
@@ -22,9 +25,13 @@
 pub mod bootstrap;
 pub mod ca;
 pub mod certserver;
+pub mod client;
+mod conn;
 pub mod limits;
 pub mod link;
 pub mod metrics;
 pub mod quic;
+#[cfg(test)]
+mod testutil;
 pub mod token;
 pub mod ws;

@@ -55,16 +55,16 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span};
 
-use crate::limits::LinkLimits;
-use crate::link::{Link, LinkEnds, Peer, new_link};
-use crate::metrics::{LinkMetrics, RefuseReason, Transport};
-use crate::ws::{
-    ACK, BoxError, CLOSE_GRACE, CONTROL_BUFFER, ConnectError, ConnectTarget, FrameIntake, Intake,
-    NACK, Refusal, check_identity, check_outgoing, node_from_certificates,
+use crate::client::{BoxError, ConnectError, ConnectTarget};
+use crate::conn::{
+    ACK, Admission, CLOSE_GRACE, Connections, FrameSink, FrameSource, NACK, Read, Refusal,
+    check_identity, node_from_certificates, spawn_client,
 };
+use crate::limits::LinkLimits;
+use crate::link::{Link, Peer};
+use crate::metrics::{LinkMetrics, RefuseReason, Transport};
 
 /// KubeEdge's default QUIC port.
 pub const DEFAULT_PORT: u16 = 10001;
@@ -149,43 +149,29 @@ pub async fn serve(
     accepted: mpsc::Sender<Link>,
     shutdown: CancellationToken,
 ) {
-    let limits = Arc::new(limits);
-    let connections = shutdown.child_token();
-    let tracker = TaskTracker::new();
+    let connections = Connections::new(Transport::Quic, limits, metrics, accepted, &shutdown);
     loop {
         let incoming = tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = accepted.closed() => break,
+            () = connections.stopping() => break,
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => incoming,
                 None => break,
             },
         };
         let address = incoming.remote_address();
-        let connection = ServerConnection {
-            limits: Arc::clone(&limits),
-            metrics: metrics.clone(),
-            accepted: accepted.clone(),
-            shutdown: connections.child_token(),
-        };
-        tracker.spawn(
-            connection
+        connections.spawn(|admission| {
+            ServerConnection { admission }
                 .run(incoming)
-                .instrument(info_span!("quic_link", %address)),
-        );
+                .instrument(info_span!("quic_link", %address))
+        });
     }
-    connections.cancel();
-    tracker.close();
-    tracker.wait().await;
+    connections.close().await;
     endpoint.close(VarInt::from_u32(CLOSE_NORMAL), b"server shutting down");
 }
 
 /// What one server connection task needs.
 struct ServerConnection {
-    limits: Arc<LinkLimits>,
-    metrics: LinkMetrics,
-    accepted: mpsc::Sender<Link>,
-    shutdown: CancellationToken,
+    admission: Admission,
 }
 
 /// An established connection and its message stream.
@@ -195,46 +181,43 @@ struct Established {
     recv: RecvStream,
 }
 
+impl Established {
+    /// The connection as [`crate::conn::drive`] reads and writes it; a
+    /// client passes its endpoint, which must live as long as the
+    /// connection.
+    fn split(
+        self,
+        limits: &LinkLimits,
+        endpoint: Option<quinn::Endpoint>,
+    ) -> (QuicSource, QuicSink) {
+        let Self { conn, send, recv } = self;
+        (
+            QuicSource {
+                recv,
+                max_frame_bytes: limits.max_frame_bytes,
+            },
+            QuicSink {
+                conn,
+                send,
+                _endpoint: endpoint,
+            },
+        )
+    }
+}
+
 impl ServerConnection {
     async fn run(self, incoming: quinn::Incoming) {
-        let handshake = timeout(self.limits.handshake_timeout, self.handshake(incoming));
-        let outcome = tokio::select! {
-            () = self.shutdown.cancelled() => return,
-            outcome = handshake => outcome,
+        let handshake = self.handshake(incoming);
+        let on_shutdown = |established: Established| {
+            established
+                .conn
+                .close(VarInt::from_u32(CLOSE_NORMAL), b"server shutting down");
         };
-        let (established, peer) = match outcome {
-            Ok(Ok(accepted)) => accepted,
-            Ok(Err(refusal)) => {
-                debug!(reason = refusal.reason.as_str(), detail = %refusal.detail, "refused a connection");
-                self.metrics.refuse(Transport::Quic, refusal.reason);
-                return;
-            }
-            Err(_elapsed) => {
-                debug!("handshake timed out");
-                self.metrics
-                    .refuse(Transport::Quic, RefuseReason::Handshake);
-                return;
-            }
+        let Some((established, ends)) = self.admission.admit(handshake, on_shutdown).await else {
+            return;
         };
-        debug!(node = %peer.node_id, project = %peer.project_id, "accepted a connection");
-        self.metrics.accept(Transport::Quic);
-        let (link, ends) = new_link(peer, self.limits.buffer_size());
-        tokio::select! {
-            () = self.shutdown.cancelled() => {
-                established.conn.close(VarInt::from_u32(CLOSE_NORMAL), b"server shutting down");
-                return;
-            }
-            sent = self.accepted.send(link) => if sent.is_err() { return },
-        }
-        drive(
-            established,
-            ends,
-            &self.limits,
-            self.metrics,
-            self.shutdown,
-            None,
-        )
-        .await;
+        let (source, sink) = established.split(&self.admission.limits, None);
+        self.admission.drive(source, sink, ends).await;
     }
 
     async fn handshake(&self, incoming: quinn::Incoming) -> Result<(Established, Peer), Refusal> {
@@ -253,7 +236,7 @@ impl ServerConnection {
             Refusal::new(RefuseReason::Handshake, format!("no handshake stream: {e}"))
         })?;
 
-        let limit = self.limits.max_handshake_bytes;
+        let limit = self.admission.limits.max_handshake_bytes;
         let header = match read_frame(&mut recv, limit).await {
             Ok(Some(Frame::Data(frame))) => Message::decode(&frame, limit).ok(),
             Ok(Some(Frame::TooLarge(size))) => {
@@ -467,37 +450,21 @@ pub async fn connect_quic(
     limits: &LinkLimits,
     metrics: LinkMetrics,
 ) -> Result<Link, ConnectError> {
-    let (endpoint, established, address) = timeout(
-        limits.handshake_timeout,
-        client_handshake(target, &tls, limits),
-    )
-    .await
-    .map_err(|_elapsed| ConnectError::Timeout {
-        server: target.server.clone(),
-        after: limits.handshake_timeout,
-    })??;
-    let peer = Peer {
-        node_id: target.node_id.clone(),
-        project_id: target.project_id.clone(),
-        address: Some(address),
-    };
-    let (link, ends) = new_link(peer, limits.buffer_size());
-    let limits = limits.clone();
-    tokio::spawn(
-        async move {
-            drive(
-                established,
-                ends,
-                &limits,
-                metrics,
-                CancellationToken::new(),
-                Some(endpoint),
-            )
-            .await;
-        }
-        .instrument(info_span!("quic_client", server = %target.server, node = %target.node_id)),
-    );
-    Ok(link)
+    let (endpoint, established, address) = target
+        .within_timeout(
+            limits.handshake_timeout,
+            client_handshake(target, &tls, limits),
+        )
+        .await?;
+    Ok(spawn_client(
+        target,
+        address,
+        established.split(limits, Some(endpoint)),
+        Transport::Quic,
+        limits,
+        metrics,
+        info_span!("quic_client", server = %target.server, node = %target.node_id),
+    ))
 }
 
 /// Connects and completes the QUIC and header handshakes.
@@ -644,209 +611,94 @@ fn handshake_failed(target: &ConnectTarget, error: impl Into<BoxError>) -> Conne
     }
 }
 
-// === The connection driver ===
+// === The link's frames ===
 
-/// Moves messages between an established connection and its link until
-/// either ends (or `shutdown` is cancelled); then closes both. A client
-/// passes its endpoint, which must live as long as the connection.
-async fn drive(
-    established: Established,
-    ends: LinkEnds,
-    limits: &LinkLimits,
-    metrics: LinkMetrics,
-    shutdown: CancellationToken,
+/// The receiving half of the message stream; frames over
+/// `max_frame_bytes` are skipped unread.
+struct QuicSource {
+    recv: RecvStream,
+    max_frame_bytes: usize,
+}
+
+impl FrameSource for QuicSource {
+    async fn read(&mut self) -> Read {
+        match read_frame(&mut self.recv, self.max_frame_bytes).await {
+            Ok(Some(Frame::Data(data))) => Read::Frame(data),
+            Ok(Some(Frame::TooLarge(size))) => {
+                debug!(
+                    size,
+                    limit = self.max_frame_bytes,
+                    "skipped an oversized frame"
+                );
+                Read::Refused(RefuseReason::TooLarge)
+            }
+            Ok(None) => {
+                debug!("the peer closed its stream");
+                Read::End(None)
+            }
+            Err(error) => {
+                debug!(%error, "the connection failed");
+                Read::End(None)
+            }
+        }
+    }
+}
+
+/// The sending half of the message stream and the connection it closes.
+struct QuicSink {
+    conn: Connection,
+    send: SendStream,
     _endpoint: Option<quinn::Endpoint>,
-) {
-    let _open = metrics.open_guard(Transport::Quic);
-    let Established {
-        conn,
-        mut send,
-        mut recv,
-    } = established;
-    let LinkEnds {
-        mut outgoing,
-        incoming,
-        closed,
-    } = ends;
-    let (control_tx, mut control_rx) = mpsc::channel::<Message>(CONTROL_BUFFER);
-    let mut intake = FrameIntake::new(Transport::Quic, limits, metrics.clone());
+}
 
-    let reader = async {
-        loop {
-            let frame = tokio::select! {
-                biased;
-                () = closed.cancelled() => break,
-                frame = read_frame(&mut recv, limits.max_frame_bytes) => frame,
-            };
-            let data = match frame {
-                Ok(Some(Frame::Data(data))) => data,
-                Ok(Some(Frame::TooLarge(size))) => {
-                    debug!(
-                        size,
-                        limit = limits.max_frame_bytes,
-                        "skipped an oversized frame"
-                    );
-                    intake.refuse(RefuseReason::TooLarge);
-                    continue;
-                }
-                Ok(None) => {
-                    debug!("the peer closed its stream");
-                    break;
-                }
-                Err(error) => {
-                    debug!(%error, "the connection failed");
-                    break;
-                }
-            };
-            match intake.frame(&data) {
-                Intake::Deliver(msg) => {
-                    tokio::select! {
-                        biased;
-                        () = closed.cancelled() => break,
-                        sent = incoming.send(msg) => if sent.is_err() { break },
-                    }
-                    metrics.receive(Transport::Quic);
-                }
-                Intake::Reply(reply) => {
-                    tokio::select! {
-                        biased;
-                        () = closed.cancelled() => break,
-                        sent = control_tx.send(reply) => if sent.is_err() { break },
-                    }
-                }
-                Intake::Dropped => {}
-            }
-        }
-        closed.cancel();
-    };
+impl FrameSink for QuicSink {
+    type Error = FrameWriteError;
 
-    let writer = async {
-        let mut senders_gone = false;
-        loop {
-            let msg = tokio::select! {
-                biased;
-                () = closed.cancelled() => break,
-                Some(reply) = control_rx.recv() => reply,
-                msg = outgoing.recv(), if !senders_gone => match msg {
-                    Some(msg) => msg,
-                    None => { senders_gone = true; continue }
-                },
-            };
-            let frame = msg.encode();
-            if !check_outgoing(&frame, &msg, limits, &metrics, Transport::Quic) {
-                continue;
-            }
-            if let Err(error) = write_frame(&mut send, &frame).await {
-                debug!(%error, "writing to the connection failed");
-                break;
-            }
-            metrics.send(Transport::Quic);
-        }
-        closed.cancel();
-        if send.finish().is_ok() && timeout(CLOSE_GRACE, send.stopped()).await.is_err() {
+    async fn write(&mut self, frame: Vec<u8>) -> Result<bool, Self::Error> {
+        write_frame(&mut self.send, &frame).await?;
+        Ok(true)
+    }
+
+    async fn close(mut self) {
+        if self.send.finish().is_ok() && timeout(CLOSE_GRACE, self.send.stopped()).await.is_err() {
             debug!("the peer did not acknowledge the end of the stream in time");
         }
-        conn.close(VarInt::from_u32(CLOSE_NORMAL), b"link closed");
-    };
-
-    let stop = async {
-        tokio::select! {
-            () = shutdown.cancelled() => closed.cancel(),
-            () = closed.cancelled() => {}
-        }
-    };
-
-    tokio::join!(reader, writer, stop);
+        self.conn
+            .close(VarInt::from_u32(CLOSE_NORMAL), b"link closed");
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::limits::RateLimit;
-    use crate::ws::tests::{TestCa, eventually, unlimited, within};
-    use kedge_message::{group, module};
+    use crate::testutil::{
+        Server, TestCa, a_node_id_that_differs_from_the_certificate_is_refused, app_message,
+        eventually, unlimited, within,
+    };
 
-    struct Server {
-        address: SocketAddr,
-        accepted: mpsc::Receiver<Link>,
-        metrics: LinkMetrics,
-        shutdown: CancellationToken,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Server {
-        fn start(ca: &TestCa, limits: LinkLimits) -> Self {
-            let endpoint =
-                server_endpoint("127.0.0.1:0".parse().expect("address"), &ca.server_config())
-                    .expect("endpoint");
-            let address = endpoint.local_addr().expect("address");
-            let (tx, accepted) = mpsc::channel(8);
-            let metrics = LinkMetrics::default();
-            let shutdown = CancellationToken::new();
-            let task = tokio::spawn(serve(
-                endpoint,
-                limits,
-                metrics.clone(),
-                tx,
-                shutdown.clone(),
-            ));
-            Self {
-                address,
-                accepted,
-                metrics,
-                shutdown,
-                task,
-            }
-        }
-
-        fn target(&self, node: &str) -> ConnectTarget {
-            ConnectTarget::new(self.address.to_string(), node, "project-1")
-        }
-
-        async fn next_link(&mut self) -> Link {
-            within("an accepted link", self.accepted.recv())
-                .await
-                .expect("server running")
-        }
-
-        fn refused(&self, reason: RefuseReason) -> u64 {
-            self.metrics.refused(Transport::Quic, reason)
-        }
-
-        async fn stop(self) {
-            self.shutdown.cancel();
-            within("the server to stop", self.task)
-                .await
-                .expect("server task");
-        }
+    fn start_server(ca: &TestCa, limits: LinkLimits) -> Server {
+        let endpoint =
+            server_endpoint("127.0.0.1:0".parse().expect("address"), &ca.server_config())
+                .expect("endpoint");
+        let address = endpoint.local_addr().expect("address");
+        Server::spawn(Transport::Quic, address, |tx, metrics, shutdown| {
+            serve(endpoint, limits, metrics, tx, shutdown)
+        })
     }
 
     async fn connect_as(server: &Server, ca: &TestCa, node: &str) -> Link {
         let identity = ca.client(&format!("system:node:{node}"));
-        connect_quic(
-            &server.target(node),
-            ca.client_config(Some(&identity)),
-            &unlimited(),
-            LinkMetrics::default(),
-        )
-        .await
-        .expect("connected")
-    }
-
-    fn app_message(n: usize) -> Message {
-        Message::new(
-            module::EDGED,
-            group::META,
-            operation::UPDATE,
-            format!("default/podstatus/pod-{n}"),
-            Value::String(format!("status {n}")),
-        )
+        server
+            .dial(node, ca.client_config(Some(&identity)))
+            .await
+            .expect("connected")
     }
 
     #[tokio::test]
     async fn messages_flow_both_ways() {
         let ca = TestCa::new("test CA");
-        let mut server = Server::start(&ca, LinkLimits::default());
+        let mut server = start_server(&ca, LinkLimits::default());
         let identity = ca.client("system:node:edge-1");
         let metrics = LinkMetrics::default();
         let mut edge = connect_quic(
@@ -904,62 +756,30 @@ mod tests {
     #[tokio::test]
     async fn a_node_id_that_differs_from_the_certificate_is_refused_with_403() {
         let ca = TestCa::new("test CA");
-        let server = Server::start(&ca, LinkLimits::default());
-        let identity = ca.client("system:node:edge-1");
-        let err = connect_quic(
-            &server.target("edge-2"),
-            ca.client_config(Some(&identity)),
-            &unlimited(),
-            LinkMetrics::default(),
-        )
-        .await
-        .expect_err("refused");
-        assert!(
-            matches!(err, ConnectError::Refused { status: 403, .. }),
-            "{err:?}"
-        );
-        eventually("the refusal to be counted", || {
-            server.refused(RefuseReason::NodeMismatch) == 1
-        })
-        .await;
-        assert_eq!(server.metrics.accepted(Transport::Quic), 0);
-        server.stop().await;
+        let server = start_server(&ca, LinkLimits::default());
+        a_node_id_that_differs_from_the_certificate_is_refused(server, &ca).await;
     }
 
     #[tokio::test]
     async fn clients_without_a_certificate_of_the_ca_are_refused_at_tls() {
         let ca = TestCa::new("test CA");
         let other = TestCa::new("other CA");
-        let server = Server::start(&ca, LinkLimits::default());
+        let server = start_server(&ca, LinkLimits::default());
 
-        let err = connect_quic(
-            &server.target("edge-1"),
-            ca.client_config(None),
-            &unlimited(),
-            LinkMetrics::default(),
-        )
-        .await
-        .expect_err("refused");
+        let err = server
+            .dial("edge-1", ca.client_config(None))
+            .await
+            .expect_err("refused");
         assert!(matches!(err, ConnectError::Tls { .. }), "{err:?}");
-        eventually("the first refusal to be counted", || {
-            server.refused(RefuseReason::Unauthorized) == 1
-        })
-        .await;
+        server.wait_refused(RefuseReason::Unauthorized, 1).await;
 
         let foreign = other.client("system:node:edge-1");
-        let err = connect_quic(
-            &server.target("edge-1"),
-            ca.client_config(Some(&foreign)),
-            &unlimited(),
-            LinkMetrics::default(),
-        )
-        .await
-        .expect_err("refused");
+        let err = server
+            .dial("edge-1", ca.client_config(Some(&foreign)))
+            .await
+            .expect_err("refused");
         assert!(matches!(err, ConnectError::Tls { .. }), "{err:?}");
-        eventually("the second refusal to be counted", || {
-            server.refused(RefuseReason::Unauthorized) == 2
-        })
-        .await;
+        server.wait_refused(RefuseReason::Unauthorized, 2).await;
         assert_eq!(server.metrics.accepted(Transport::Quic), 0);
         server.stop().await;
     }
@@ -989,7 +809,7 @@ mod tests {
             max_frame_bytes: 1024,
             ..LinkLimits::default()
         };
-        let mut server = Server::start(&ca, limits);
+        let mut server = start_server(&ca, limits);
         let (_endpoint, mut raw) = raw_client(&server, &ca, "edge-1").await;
         let mut cloud = server.next_link().await;
 
@@ -1015,7 +835,7 @@ mod tests {
     #[tokio::test]
     async fn a_bad_header_message_is_refused_with_400() {
         let ca = TestCa::new("test CA");
-        let server = Server::start(&ca, LinkLimits::default());
+        let server = start_server(&ca, LinkLimits::default());
         let identity = ca.client("system:node:edge-1");
         let mut crypto = (*ca.client_config(Some(&identity))).clone();
         crypto.alpn_protocols = vec![ALPN.to_vec()];
@@ -1051,10 +871,7 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        eventually("the refusal to be counted", || {
-            server.refused(RefuseReason::Handshake) == 1
-        })
-        .await;
+        server.wait_refused(RefuseReason::Handshake, 1).await;
         server.stop().await;
     }
 
@@ -1068,7 +885,7 @@ mod tests {
             }),
             ..LinkLimits::default()
         };
-        let server = Server::start(&ca, limits);
+        let server = start_server(&ca, limits);
         let edge = connect_as(&server, &ca, "edge-1").await;
         for n in 0..10 {
             edge.sender.send(app_message(n)).await.expect("sent");
@@ -1086,7 +903,7 @@ mod tests {
     #[tokio::test]
     async fn ping_is_answered_with_ack() {
         let ca = TestCa::new("test CA");
-        let mut server = Server::start(&ca, LinkLimits::default());
+        let mut server = start_server(&ca, LinkLimits::default());
         let mut edge = connect_as(&server, &ca, "edge-1").await;
         let mut cloud = server.next_link().await;
         let ping = Message::new("", "", operation::PING, "", Value::Null);
@@ -1109,7 +926,7 @@ mod tests {
     #[tokio::test]
     async fn closing_either_side_ends_the_other_receiver() {
         let ca = TestCa::new("test CA");
-        let mut server = Server::start(&ca, LinkLimits::default());
+        let mut server = start_server(&ca, LinkLimits::default());
 
         let edge = connect_as(&server, &ca, "edge-1").await;
         let mut cloud = server.next_link().await;

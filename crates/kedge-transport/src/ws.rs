@@ -71,7 +71,6 @@
 //! # }
 //! ```
 
-use std::error::Error as StdError;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -79,14 +78,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use kedge_message::{DecodeError, Message, operation};
-use rustls_pki_types::{CertificateDer, ServerName};
-use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -95,351 +92,20 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::limits::{LinkLimits, TokenBucket};
-use crate::link::{Link, LinkEnds, Peer, new_link};
+pub use crate::client::{BoxError, ConnectError, ConnectTarget};
+pub use crate::conn::NODE_CN_PREFIX;
+use crate::conn::{
+    Admission, CLOSE_GRACE, Connections, FrameSink, FrameSource, Read, Refusal, check_identity,
+    node_from_certificates, spawn_client,
+};
+use crate::limits::LinkLimits;
+use crate::link::{Link, Peer};
 use crate::metrics::{LinkMetrics, RefuseReason, Transport};
 
 /// KubeEdge's default WebSocket port.
 pub const DEFAULT_PORT: u16 = 10000;
-
-/// The common-name prefix of a node certificate: `system:node:<name>`.
-pub const NODE_CN_PREFIX: &str = "system:node:";
-
-/// The content of a positive control reply.
-pub(crate) const ACK: &str = "ack";
-/// The content of a negative control reply.
-pub(crate) const NACK: &str = "nack";
-
-/// How long a closing link waits for its last frames to be flushed.
-pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-/// Buffer of control replies waiting for the writer.
-pub(crate) const CONTROL_BUFFER: usize = 16;
-
-/// Any error, boxed, as a source.
-pub type BoxError = Box<dyn StdError + Send + Sync>;
-
-// === Client target and errors (shared with QUIC) ===
-
-/// Where and as whom a client connects; used by [`connect`] and
-/// [`crate::quic::connect_quic`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectTarget {
-    /// The server: `host:port`, or a URL such as `wss://host:port/...`
-    /// of which only host and port are used.
-    pub server: String,
-    /// The name the server certificate must carry in its SANs: a DNS name
-    /// or an IP address. [`ConnectTarget::new`] takes the server's host.
-    pub server_name: String,
-    /// The node this connection speaks for; its certificate must be
-    /// issued for `system:node:<node_id>`.
-    pub node_id: String,
-    /// The project id sent in the handshake.
-    pub project_id: String,
-    /// Local address to connect from (edgemark uses several 127.0.0.x
-    /// addresses); `None` lets the system choose.
-    pub local_addr: Option<IpAddr>,
-}
-
-impl ConnectTarget {
-    /// A target for `server`, verified under the server's own host name.
-    pub fn new(
-        server: impl Into<String>,
-        node_id: impl Into<String>,
-        project_id: impl Into<String>,
-    ) -> Self {
-        let server = server.into();
-        let server_name = split_host_port(authority_of(&server))
-            .map(|(host, _)| host.to_owned())
-            .unwrap_or_default();
-        Self {
-            server,
-            server_name,
-            node_id: node_id.into(),
-            project_id: project_id.into(),
-            local_addr: None,
-        }
-    }
-
-    /// This target with another TLS server name.
-    #[must_use]
-    pub fn with_server_name(mut self, server_name: impl Into<String>) -> Self {
-        self.server_name = server_name.into();
-        self
-    }
-
-    /// This target connecting from `local_addr`.
-    #[must_use]
-    pub fn with_local_addr(mut self, local_addr: IpAddr) -> Self {
-        self.local_addr = Some(local_addr);
-        self
-    }
-
-    /// `host:port` of the server.
-    pub fn authority(&self) -> Result<&str, ConnectError> {
-        let authority = authority_of(&self.server);
-        match split_host_port(authority) {
-            Some((host, _)) if !host.is_empty() => Ok(authority),
-            _ => Err(self.invalid("expected host:port")),
-        }
-    }
-
-    /// The WebSocket URL KubeEdge's EdgeHub dials:
-    /// `wss://<host:port>/<project_id>/<node_id>/events`.
-    pub fn url(&self) -> Result<String, ConnectError> {
-        Ok(format!(
-            "wss://{}/{}/{}/events",
-            self.authority()?,
-            self.project_id,
-            self.node_id
-        ))
-    }
-
-    /// The TLS server name.
-    pub(crate) fn tls_server_name(&self) -> Result<ServerName<'static>, ConnectError> {
-        let name = self
-            .server_name
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        ServerName::try_from(name.to_owned())
-            .map_err(|e| self.invalid(format!("bad TLS server name: {e}")))
-    }
-
-    /// The server's addresses, those of the local address's family first
-    /// (only those when a local address is set).
-    pub(crate) async fn resolve(&self) -> Result<Vec<SocketAddr>, ConnectError> {
-        let authority = self.authority()?;
-        let addrs =
-            tokio::net::lookup_host(authority)
-                .await
-                .map_err(|source| ConnectError::Connect {
-                    server: self.server.clone(),
-                    source,
-                })?;
-        let addrs: Vec<SocketAddr> = addrs
-            .filter(|addr| {
-                self.local_addr
-                    .is_none_or(|local| local.is_ipv4() == addr.is_ipv4())
-            })
-            .collect();
-        if addrs.is_empty() {
-            return Err(ConnectError::Connect {
-                server: self.server.clone(),
-                source: io::Error::new(
-                    io::ErrorKind::AddrNotAvailable,
-                    "no address of the local address's family",
-                ),
-            });
-        }
-        Ok(addrs)
-    }
-
-    pub(crate) fn invalid(&self, reason: impl Into<String>) -> ConnectError {
-        ConnectError::InvalidTarget {
-            server: self.server.clone(),
-            reason: reason.into(),
-        }
-    }
-}
-
-/// `host:port` out of `server`, which may be a URL.
-fn authority_of(server: &str) -> &str {
-    let rest = server.split_once("://").map_or(server, |(_, rest)| rest);
-    rest.split(['/', '?', '#']).next().unwrap_or(rest)
-}
-
-/// `(host, port)` of an authority; the host without IPv6 brackets.
-fn split_host_port(authority: &str) -> Option<(&str, u16)> {
-    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        (host, after.strip_prefix(':')?)
-    } else {
-        authority.rsplit_once(':')?
-    };
-    Some((host, port.parse().ok()?))
-}
-
-/// A client could not establish a link.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The target is not usable (address, server name, headers, TLS
-    /// configuration).
-    #[error("cannot connect to {server:?}: {reason}")]
-    InvalidTarget {
-        /// The target's server.
-        server: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// Resolving, binding or connecting the socket failed.
-    #[error("could not connect to {server}")]
-    Connect {
-        /// The target's server.
-        server: String,
-        /// The socket error.
-        #[source]
-        source: io::Error,
-    },
-    /// The TLS handshake failed: the server's certificate was not
-    /// accepted, or the server refused this client's certificate.
-    #[error("TLS handshake with {server} failed")]
-    Tls {
-        /// The target's server.
-        server: String,
-        /// The TLS or QUIC error.
-        #[source]
-        source: BoxError,
-    },
-    /// The server refused the handshake: the HTTP status on WebSocket, the
-    /// connection's close code on QUIC (403 wrong node, 400 bad request).
-    #[error("{server} refused the handshake with status {status}")]
-    Refused {
-        /// The target's server.
-        server: String,
-        /// The status.
-        status: u16,
-    },
-    /// The WebSocket or QUIC handshake failed otherwise.
-    #[error("handshake with {server} failed")]
-    Handshake {
-        /// The target's server.
-        server: String,
-        /// The protocol error.
-        #[source]
-        source: BoxError,
-    },
-    /// The whole connection setup took longer than the handshake timeout.
-    #[error("connecting to {server} timed out after {after:?}")]
-    Timeout {
-        /// The target's server.
-        server: String,
-        /// The timeout.
-        after: Duration,
-    },
-}
-
-// === Shared frame handling (WebSocket and QUIC) ===
-
-/// What to do with one incoming frame.
-#[derive(Debug)]
-pub(crate) enum Intake {
-    /// A message for the link's receiver.
-    Deliver(Message),
-    /// A control message: write this reply, deliver nothing.
-    Reply(Message),
-    /// The frame was refused and counted.
-    Dropped,
-}
-
-/// The incoming side of one connection: rate limit, size limit, decoding
-/// and control handling, with every refusal counted.
-#[derive(Debug)]
-pub(crate) struct FrameIntake {
-    transport: Transport,
-    max_frame_bytes: usize,
-    bucket: Option<TokenBucket>,
-    metrics: LinkMetrics,
-}
-
-impl FrameIntake {
-    pub(crate) fn new(transport: Transport, limits: &LinkLimits, metrics: LinkMetrics) -> Self {
-        Self {
-            transport,
-            max_frame_bytes: limits.max_frame_bytes,
-            bucket: limits.rate_limiter(Instant::now()),
-            metrics,
-        }
-    }
-
-    /// Judges one frame.
-    pub(crate) fn frame(&mut self, frame: &[u8]) -> Intake {
-        if let Some(bucket) = &mut self.bucket
-            && !bucket.try_take(Instant::now())
-        {
-            self.refuse(RefuseReason::RateLimited);
-            return Intake::Dropped;
-        }
-        match Message::decode(frame, self.max_frame_bytes) {
-            Ok(msg) => match control_reply(&msg) {
-                Some(reply) => Intake::Reply(reply),
-                None => Intake::Deliver(msg),
-            },
-            Err(DecodeError::TooLarge { size, limit }) => {
-                debug!(size, limit, "refused an oversized frame");
-                self.refuse(RefuseReason::TooLarge);
-                Intake::Dropped
-            }
-            Err(DecodeError::Malformed(error)) => {
-                debug!(%error, "refused a malformed frame");
-                self.refuse(RefuseReason::Malformed);
-                Intake::Dropped
-            }
-        }
-    }
-
-    /// Counts a refusal found outside [`FrameIntake::frame`].
-    pub(crate) fn refuse(&self, reason: RefuseReason) {
-        self.metrics.refuse(self.transport, reason);
-    }
-}
-
-/// The reply to a viaduct control message (`ping`, `pong`, `config`), or
-/// `None` for an application message.
-pub(crate) fn control_reply(msg: &Message) -> Option<Message> {
-    operation::VIADUCT_CONTROL
-        .contains(&msg.router.operation.as_str())
-        .then(|| msg.response(Value::String(ACK.to_owned())))
-}
-
-/// Whether an outgoing frame fits the limit; counts and logs it if not.
-pub(crate) fn check_outgoing(
-    frame: &[u8],
-    msg: &Message,
-    limits: &LinkLimits,
-    metrics: &LinkMetrics,
-    transport: Transport,
-) -> bool {
-    if frame.len() <= limits.max_frame_bytes {
-        return true;
-    }
-    warn!(
-        size = frame.len(),
-        limit = limits.max_frame_bytes,
-        msg_id = msg.id(),
-        operation = %msg.router.operation,
-        resource = %msg.router.resource,
-        "not sending a message larger than the frame limit"
-    );
-    metrics.refuse(transport, RefuseReason::TooLarge);
-    false
-}
-
-/// The node named by a peer certificate chain: the leaf's common name
-/// `system:node:<name>`.
-pub(crate) fn node_from_certificates(
-    certs: Option<&[CertificateDer<'_>]>,
-) -> Result<String, String> {
-    let leaf = certs
-        .and_then(<[_]>::first)
-        .ok_or_else(|| "no client certificate".to_owned())?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| format!("unreadable client certificate: {e}"))?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .ok_or_else(|| "client certificate has no common name".to_owned())?;
-    match cn.strip_prefix(NODE_CN_PREFIX) {
-        Some(node) if !node.is_empty() => Ok(node.to_owned()),
-        _ => Err(format!(
-            "client certificate common name {cn:?} is not {NODE_CN_PREFIX}<node>"
-        )),
-    }
-}
 
 /// The rustls error inside an I/O error, if any.
 pub(crate) fn rustls_error(error: &io::Error) -> Option<&rustls::Error> {
@@ -456,55 +122,6 @@ fn tls_refusal(error: &io::Error) -> RefuseReason {
         ) => RefuseReason::Unauthorized,
         _ => RefuseReason::Handshake,
     }
-}
-
-/// Why a server refused a connection.
-#[derive(Debug)]
-pub(crate) struct Refusal {
-    pub(crate) reason: RefuseReason,
-    pub(crate) detail: String,
-}
-
-impl Refusal {
-    pub(crate) fn new(reason: RefuseReason, detail: impl Into<String>) -> Self {
-        Self {
-            reason,
-            detail: detail.into(),
-        }
-    }
-}
-
-/// Checks a handshake's identity against the certificate's: the node and
-/// project on success, else the status to answer and the refusal.
-pub(crate) fn check_identity(
-    cert_node: &Result<String, String>,
-    node_id: Option<&str>,
-    project_id: Option<&str>,
-) -> Result<(String, String), (u16, Refusal)> {
-    let cert_node = cert_node.as_ref().map_err(|detail| {
-        (
-            403,
-            Refusal::new(RefuseReason::Unauthorized, detail.clone()),
-        )
-    })?;
-    let node_id = node_id.map(str::trim).unwrap_or_default();
-    if node_id.is_empty() {
-        return Err((
-            400,
-            Refusal::new(RefuseReason::Handshake, "no node_id in the handshake"),
-        ));
-    }
-    if node_id != cert_node {
-        return Err((
-            403,
-            Refusal::new(
-                RefuseReason::NodeMismatch,
-                format!("node_id {node_id:?} but the certificate is for {cert_node:?}"),
-            ),
-        ));
-    }
-    let project_id = project_id.map(str::trim).unwrap_or_default();
-    Ok((node_id.to_owned(), project_id.to_owned()))
 }
 
 // === Handshake size limit ===
@@ -643,13 +260,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let limits = Arc::new(limits);
-    let connections = shutdown.child_token();
-    let tracker = TaskTracker::new();
+    let connections = Connections::new(Transport::Ws, limits, metrics, accepted, &shutdown);
     loop {
         let (tcp, address) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = accepted.closed() => break,
+            () = connections.stopping() => break,
             conn = listener.accept() => match conn {
                 Ok(conn) => conn,
                 Err(error) => {
@@ -661,61 +275,35 @@ pub async fn serve(
                 }
             },
         };
-        let connection = ServerConnection {
-            acceptor: acceptor.clone(),
-            limits: Arc::clone(&limits),
-            metrics: metrics.clone(),
-            accepted: accepted.clone(),
-            shutdown: connections.child_token(),
-        };
-        tracker.spawn(
-            connection
-                .run(tcp, address)
-                .instrument(info_span!("ws_link", %address)),
-        );
+        let acceptor = acceptor.clone();
+        connections.spawn(|admission| {
+            ServerConnection {
+                acceptor,
+                admission,
+            }
+            .run(tcp, address)
+            .instrument(info_span!("ws_link", %address))
+        });
     }
-    connections.cancel();
-    tracker.close();
-    tracker.wait().await;
+    connections.close().await;
 }
 
 /// What one server connection task needs.
 struct ServerConnection {
     acceptor: TlsAcceptor,
-    limits: Arc<LinkLimits>,
-    metrics: LinkMetrics,
-    accepted: mpsc::Sender<Link>,
-    shutdown: CancellationToken,
+    admission: Admission,
 }
 
 impl ServerConnection {
     async fn run(self, tcp: TcpStream, address: SocketAddr) {
-        let handshake = timeout(self.limits.handshake_timeout, self.handshake(tcp, address));
-        let outcome = tokio::select! {
-            () = self.shutdown.cancelled() => return,
-            outcome = handshake => outcome,
+        let handshake = self.handshake(tcp, address);
+        let Some((ws, ends)) = self.admission.admit(handshake, drop).await else {
+            return;
         };
-        let (ws, peer) = match outcome {
-            Ok(Ok(accepted)) => accepted,
-            Ok(Err(refusal)) => {
-                debug!(reason = refusal.reason.as_str(), detail = %refusal.detail, "refused a connection");
-                self.metrics.refuse(Transport::Ws, refusal.reason);
-                return;
-            }
-            Err(_elapsed) => {
-                debug!("handshake timed out");
-                self.metrics.refuse(Transport::Ws, RefuseReason::Handshake);
-                return;
-            }
-        };
-        debug!(node = %peer.node_id, project = %peer.project_id, "accepted a connection");
-        self.metrics.accept(Transport::Ws);
-        let (link, ends) = new_link(peer, self.limits.buffer_size());
-        tokio::select! {
-            () = self.shutdown.cancelled() => return,
-            sent = self.accepted.send(link) => if sent.is_err() { return },
-        }
-        drive(ws, ends, &self.limits, self.metrics, self.shutdown).await;
+        let (sink, stream) = ws.split();
+        self.admission
+            .drive(WsSource(stream), WsSink(sink), ends)
+            .await;
     }
 
     async fn handshake(
@@ -729,7 +317,7 @@ impl ServerConnection {
             .await
             .map_err(|e| Refusal::new(tls_refusal(&e), format!("TLS handshake failed: {e}")))?;
         let cert_node = node_from_certificates(tls.get_ref().1.peer_certificates());
-        let stream = HandshakeLimit::new(tls, self.limits.max_handshake_bytes);
+        let stream = HandshakeLimit::new(tls, self.admission.limits.max_handshake_bytes);
 
         let mut decision = None;
         #[expect(
@@ -760,7 +348,7 @@ impl ServerConnection {
         let result = tokio_tungstenite::accept_hdr_async_with_config(
             stream,
             callback,
-            Some(ws_config(&self.limits)),
+            Some(ws_config(&self.admission.limits)),
         )
         .await;
         match (result, decision) {
@@ -809,27 +397,22 @@ pub async fn connect(
     limits: &LinkLimits,
     metrics: LinkMetrics,
 ) -> Result<Link, ConnectError> {
-    let (ws, address) = timeout(
-        limits.handshake_timeout,
-        client_handshake(target, tls, limits),
-    )
-    .await
-    .map_err(|_elapsed| ConnectError::Timeout {
-        server: target.server.clone(),
-        after: limits.handshake_timeout,
-    })??;
-    let peer = Peer {
-        node_id: target.node_id.clone(),
-        project_id: target.project_id.clone(),
-        address: Some(address),
-    };
-    let (link, ends) = new_link(peer, limits.buffer_size());
-    let limits = limits.clone();
-    tokio::spawn(
-        async move { drive(ws, ends, &limits, metrics, CancellationToken::new()).await }
-            .instrument(info_span!("ws_client", server = %target.server, node = %target.node_id)),
-    );
-    Ok(link)
+    let (ws, address) = target
+        .within_timeout(
+            limits.handshake_timeout,
+            client_handshake(target, tls, limits),
+        )
+        .await?;
+    let (sink, stream) = ws.split();
+    Ok(spawn_client(
+        target,
+        address,
+        (WsSource(stream), WsSink(sink)),
+        Transport::Ws,
+        limits,
+        metrics,
+        info_span!("ws_client", server = %target.server, node = %target.node_id),
+    ))
 }
 
 /// Dials the server and completes the TLS handshake.
@@ -921,319 +504,94 @@ async fn client_handshake(
     }
 }
 
-// === The connection driver ===
+// === Frames ===
 
-/// Moves messages between an established WebSocket and its link until
-/// either ends (or `shutdown` is cancelled); then closes both.
-async fn drive<S>(
-    ws: WebSocketStream<HandshakeLimit<S>>,
-    ends: LinkEnds,
-    limits: &LinkLimits,
-    metrics: LinkMetrics,
-    shutdown: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
+/// The reading half of a WebSocket link: each text or binary frame is one
+/// message.
+struct WsSource<S>(SplitStream<WebSocketStream<HandshakeLimit<S>>>);
+
+impl<S> FrameSource for WsSource<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let _open = metrics.open_guard(Transport::Ws);
-    let LinkEnds {
-        mut outgoing,
-        incoming,
-        closed,
-    } = ends;
-    let (mut sink, mut stream) = ws.split();
-    let (control_tx, mut control_rx) = mpsc::channel::<Message>(CONTROL_BUFFER);
-    let mut intake = FrameIntake::new(Transport::Ws, limits, metrics.clone());
-
-    let reader = async {
-        loop {
-            let frame = tokio::select! {
-                biased;
-                () = closed.cancelled() => break,
-                frame = stream.next() => frame,
-            };
-            let data = match frame {
-                None => {
-                    debug!("the peer closed the connection");
-                    break;
-                }
-                Some(Ok(WsMessage::Text(text))) => text.as_bytes().to_vec(),
-                Some(Ok(WsMessage::Binary(bytes))) => bytes.to_vec(),
-                Some(Ok(WsMessage::Close(_))) => {
-                    debug!("the peer closed the WebSocket");
-                    break;
-                }
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
-                    continue;
-                }
-                Some(Err(error)) => {
-                    match &error {
-                        tungstenite::Error::Capacity(_) => {
-                            intake.refuse(RefuseReason::TooLarge);
-                            debug!(%error, "closing on an oversized frame");
-                        }
-                        tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_) => {
-                            intake.refuse(RefuseReason::Malformed);
-                            debug!(%error, "closing on a protocol violation");
-                        }
-                        _ => debug!(%error, "the connection failed"),
-                    }
-                    break;
-                }
-            };
-            match intake.frame(&data) {
-                Intake::Deliver(msg) => {
-                    tokio::select! {
-                        biased;
-                        () = closed.cancelled() => break,
-                        sent = incoming.send(msg) => if sent.is_err() { break },
-                    }
-                    metrics.receive(Transport::Ws);
-                }
-                Intake::Reply(reply) => {
-                    tokio::select! {
-                        biased;
-                        () = closed.cancelled() => break,
-                        sent = control_tx.send(reply) => if sent.is_err() { break },
-                    }
-                }
-                Intake::Dropped => {}
+    async fn read(&mut self) -> Read {
+        match self.0.next().await {
+            None => {
+                debug!("the peer closed the connection");
+                Read::End(None)
             }
+            Some(Ok(WsMessage::Text(text))) => Read::Frame(text.as_bytes().to_vec()),
+            Some(Ok(WsMessage::Binary(bytes))) => Read::Frame(bytes.to_vec()),
+            Some(Ok(WsMessage::Close(_))) => {
+                debug!("the peer closed the WebSocket");
+                Read::End(None)
+            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
+                Read::Nothing
+            }
+            Some(Err(error)) => match &error {
+                tungstenite::Error::Capacity(_) => {
+                    debug!(%error, "closing on an oversized frame");
+                    Read::End(Some(RefuseReason::TooLarge))
+                }
+                tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_) => {
+                    debug!(%error, "closing on a protocol violation");
+                    Read::End(Some(RefuseReason::Malformed))
+                }
+                _ => {
+                    debug!(%error, "the connection failed");
+                    Read::End(None)
+                }
+            },
         }
-        closed.cancel();
-    };
+    }
+}
 
-    let writer = async {
-        let mut senders_gone = false;
-        loop {
-            let msg = tokio::select! {
-                biased;
-                () = closed.cancelled() => break,
-                Some(reply) = control_rx.recv() => reply,
-                msg = outgoing.recv(), if !senders_gone => match msg {
-                    Some(msg) => msg,
-                    // Nobody can send any more; keep answering control
-                    // messages until the link closes.
-                    None => { senders_gone = true; continue }
-                },
-            };
-            let frame = msg.encode();
-            if !check_outgoing(&frame, &msg, limits, &metrics, Transport::Ws) {
-                continue;
-            }
-            // `encode` writes JSON, which is UTF-8.
-            let Ok(text) = String::from_utf8(frame) else {
-                continue;
-            };
-            if let Err(error) = sink.send(WsMessage::text(text)).await {
-                debug!(%error, "writing to the connection failed");
-                break;
-            }
-            metrics.send(Transport::Ws);
-        }
-        closed.cancel();
-        if timeout(CLOSE_GRACE, sink.close()).await.is_err() {
+/// The writing half of a WebSocket link: each message is one text frame.
+struct WsSink<S>(SplitSink<WebSocketStream<HandshakeLimit<S>>, WsMessage>);
+
+impl<S> FrameSink for WsSink<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    type Error = tungstenite::Error;
+
+    async fn write(&mut self, frame: Vec<u8>) -> Result<bool, Self::Error> {
+        // `encode` writes JSON, which is UTF-8.
+        let Ok(text) = String::from_utf8(frame) else {
+            return Ok(false);
+        };
+        self.0.send(WsMessage::text(text)).await?;
+        Ok(true)
+    }
+
+    async fn close(mut self) {
+        if timeout(CLOSE_GRACE, self.0.close()).await.is_err() {
             debug!("the peer did not take the close frame in time");
         }
-    };
-
-    let stop = async {
-        tokio::select! {
-            () = shutdown.cancelled() => closed.cancel(),
-            () = closed.cancelled() => {}
-        }
-    };
-
-    tokio::join!(reader, writer, stop);
+    }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::limits::RateLimit;
-    use kedge_message::{group, module, resource_type};
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    use crate::testutil::{
+        Server, TestCa, a_node_id_that_differs_from_the_certificate_is_refused, app_message,
+        eventually, unlimited, within,
     };
-    use rustls::RootCertStore;
-    use rustls::crypto::CryptoProvider;
-    use rustls::server::WebPkiClientVerifier;
-    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use kedge_message::{Message, operation};
+    use serde_json::Value;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_tungstenite::tungstenite::protocol::Role;
 
-    // --- Throwaway certificates ---
-
-    pub(crate) fn provider() -> Arc<CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
-    }
-
-    /// A CA that signs server and node certificates.
-    pub(crate) struct TestCa {
-        issuer: Issuer<'static, KeyPair>,
-        pub(crate) cert: CertificateDer<'static>,
-    }
-
-    /// A certificate and its key.
-    pub(crate) struct Identity {
-        pub(crate) chain: Vec<CertificateDer<'static>>,
-        pub(crate) key: PrivateKeyDer<'static>,
-    }
-
-    impl Identity {
-        fn clone_key(&self) -> PrivateKeyDer<'static> {
-            self.key.clone_key()
-        }
-    }
-
-    impl TestCa {
-        pub(crate) fn new(name: &str) -> Self {
-            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            let key = KeyPair::generate().expect("key");
-            let cert = params.self_signed(&key).expect("CA certificate");
-            Self {
-                issuer: Issuer::new(params, key),
-                cert: cert.der().clone(),
-            }
-        }
-
-        fn sign(&self, mut params: CertificateParams, cn: &str) -> Identity {
-            params.distinguished_name.push(DnType::CommonName, cn);
-            let key = KeyPair::generate().expect("key");
-            let cert = params.signed_by(&key, &self.issuer).expect("certificate");
-            Identity {
-                chain: vec![cert.der().clone()],
-                key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            }
-        }
-
-        /// A server certificate for 127.0.0.1.
-        pub(crate) fn server(&self) -> Identity {
-            let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
-            self.sign(params, "KubeEdge")
-        }
-
-        /// A client certificate with common name `cn`.
-        pub(crate) fn client(&self, cn: &str) -> Identity {
-            self.sign(CertificateParams::default(), cn)
-        }
-
-        fn roots(&self) -> Arc<RootCertStore> {
-            let mut roots = RootCertStore::empty();
-            roots.add(self.cert.clone()).expect("CA certificate");
-            Arc::new(roots)
-        }
-
-        /// A server configuration that requires certificates of this CA.
-        pub(crate) fn server_config(&self) -> Arc<rustls::ServerConfig> {
-            let server = self.server();
-            let verifier = WebPkiClientVerifier::builder_with_provider(self.roots(), provider())
-                .build()
-                .expect("verifier");
-            Arc::new(
-                rustls::ServerConfig::builder_with_provider(provider())
-                    .with_safe_default_protocol_versions()
-                    .expect("versions")
-                    .with_client_cert_verifier(verifier)
-                    .with_single_cert(server.chain, server.key)
-                    .expect("server config"),
-            )
-        }
-
-        /// A client configuration trusting this CA, presenting `identity`.
-        pub(crate) fn client_config(
-            &self,
-            identity: Option<&Identity>,
-        ) -> Arc<rustls::ClientConfig> {
-            let builder = rustls::ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(self.roots());
-            Arc::new(match identity {
-                Some(identity) => builder
-                    .with_client_auth_cert(identity.chain.clone(), identity.clone_key())
-                    .expect("client config"),
-                None => builder.with_no_client_auth(),
-            })
-        }
-    }
-
-    // --- Helpers ---
-
-    /// Waits for `condition`, failing after a deadline.
-    pub(crate) async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !condition() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// The next item, failing after a deadline.
-    pub(crate) async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-        timeout(Duration::from_secs(10), future)
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-    }
-
-    pub(crate) fn unlimited() -> LinkLimits {
-        LinkLimits::client()
-    }
-
-    struct Server {
-        address: SocketAddr,
-        accepted: mpsc::Receiver<Link>,
-        metrics: LinkMetrics,
-        shutdown: CancellationToken,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Server {
-        async fn start(ca: &TestCa, limits: LinkLimits) -> Self {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let address = listener.local_addr().expect("address");
-            let (tx, accepted) = mpsc::channel(8);
-            let metrics = LinkMetrics::default();
-            let shutdown = CancellationToken::new();
-            let task = tokio::spawn(serve(
-                listener,
-                ca.server_config(),
-                limits,
-                metrics.clone(),
-                tx,
-                shutdown.clone(),
-            ));
-            Self {
-                address,
-                accepted,
-                metrics,
-                shutdown,
-                task,
-            }
-        }
-
-        fn target(&self, node: &str) -> ConnectTarget {
-            ConnectTarget::new(self.address.to_string(), node, "project-1")
-        }
-
-        async fn next_link(&mut self) -> Link {
-            within("an accepted link", self.accepted.recv())
-                .await
-                .expect("server running")
-        }
-
-        fn refused(&self, reason: RefuseReason) -> u64 {
-            self.metrics.refused(Transport::Ws, reason)
-        }
-
-        async fn stop(self) {
-            self.shutdown.cancel();
-            within("the server to stop", self.task)
-                .await
-                .expect("server task");
-        }
+    async fn start_server(ca: &TestCa, limits: LinkLimits) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let tls = ca.server_config();
+        Server::spawn(Transport::Ws, address, |tx, metrics, shutdown| {
+            serve(listener, tls, limits, metrics, tx, shutdown)
+        })
     }
 
     /// A raw WebSocket to the server, for frames the link would not send.
@@ -1270,22 +628,12 @@ pub(crate) mod tests {
         )
     }
 
-    fn app_message(n: usize) -> Message {
-        Message::new(
-            module::EDGED,
-            group::META,
-            operation::UPDATE,
-            format!("default/{}/pod-{n}", resource_type::POD_STATUS),
-            Value::String(format!("status {n}")),
-        )
-    }
-
     // --- Tests ---
 
     #[tokio::test]
     async fn messages_flow_both_ways() {
         let ca = TestCa::new("test CA");
-        let mut server = Server::start(&ca, LinkLimits::default()).await;
+        let mut server = start_server(&ca, LinkLimits::default()).await;
         let identity = ca.client("system:node:edge-1");
         let metrics = LinkMetrics::default();
         let mut edge = connect(
@@ -1345,49 +693,24 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_node_id_that_differs_from_the_certificate_is_refused_with_403() {
         let ca = TestCa::new("test CA");
-        let server = Server::start(&ca, LinkLimits::default()).await;
-        let identity = ca.client("system:node:edge-1");
-        let err = connect(
-            &server.target("edge-2"),
-            ca.client_config(Some(&identity)),
-            &unlimited(),
-            LinkMetrics::default(),
-        )
-        .await
-        .expect_err("refused");
-        assert!(
-            matches!(err, ConnectError::Refused { status: 403, .. }),
-            "{err:?}"
-        );
-        eventually("the refusal to be counted", || {
-            server.refused(RefuseReason::NodeMismatch) == 1
-        })
-        .await;
-        assert_eq!(server.metrics.accepted(Transport::Ws), 0);
-        server.stop().await;
+        let server = start_server(&ca, LinkLimits::default()).await;
+        a_node_id_that_differs_from_the_certificate_is_refused(server, &ca).await;
     }
 
     #[tokio::test]
     async fn a_certificate_that_is_not_a_node_certificate_is_refused_with_403() {
         let ca = TestCa::new("test CA");
-        let server = Server::start(&ca, LinkLimits::default()).await;
+        let server = start_server(&ca, LinkLimits::default()).await;
         let identity = ca.client("kubeedge.io");
-        let err = connect(
-            &server.target("edge-1"),
-            ca.client_config(Some(&identity)),
-            &unlimited(),
-            LinkMetrics::default(),
-        )
-        .await
-        .expect_err("refused");
+        let err = server
+            .dial("edge-1", ca.client_config(Some(&identity)))
+            .await
+            .expect_err("refused");
         assert!(
             matches!(err, ConnectError::Refused { status: 403, .. }),
             "{err:?}"
         );
-        eventually("the refusal to be counted", || {
-            server.refused(RefuseReason::Unauthorized) == 1
-        })
-        .await;
+        server.wait_refused(RefuseReason::Unauthorized, 1).await;
         server.stop().await;
     }
 
@@ -1395,17 +718,13 @@ pub(crate) mod tests {
     async fn clients_without_a_certificate_of_the_ca_are_refused_at_tls() {
         let ca = TestCa::new("test CA");
         let other = TestCa::new("other CA");
-        let server = Server::start(&ca, LinkLimits::default()).await;
+        let server = start_server(&ca, LinkLimits::default()).await;
 
         // No certificate at all.
-        let err = connect(
-            &server.target("edge-1"),
-            ca.client_config(None),
-            &unlimited(),
-            LinkMetrics::default(),
-        )
-        .await
-        .expect_err("refused");
+        let err = server
+            .dial("edge-1", ca.client_config(None))
+            .await
+            .expect_err("refused");
         // The server's alert usually arrives as a TLS error; when the
         // server's close overtakes it, the handshake read fails instead.
         assert!(
@@ -1415,21 +734,14 @@ pub(crate) mod tests {
             ),
             "{err:?}"
         );
-        eventually("the first refusal to be counted", || {
-            server.refused(RefuseReason::Unauthorized) == 1
-        })
-        .await;
+        server.wait_refused(RefuseReason::Unauthorized, 1).await;
 
         // A node certificate from another CA (trusting the right server).
         let foreign = other.client("system:node:edge-1");
-        let err = connect(
-            &server.target("edge-1"),
-            ca.client_config(Some(&foreign)),
-            &unlimited(),
-            LinkMetrics::default(),
-        )
-        .await
-        .expect_err("refused");
+        let err = server
+            .dial("edge-1", ca.client_config(Some(&foreign)))
+            .await
+            .expect_err("refused");
         assert!(
             matches!(
                 err,
@@ -1437,21 +749,14 @@ pub(crate) mod tests {
             ),
             "{err:?}"
         );
-        eventually("the second refusal to be counted", || {
-            server.refused(RefuseReason::Unauthorized) == 2
-        })
-        .await;
+        server.wait_refused(RefuseReason::Unauthorized, 2).await;
 
         // A server the client does not trust.
         let identity = other.client("system:node:edge-1");
-        let err = connect(
-            &server.target("edge-1"),
-            other.client_config(Some(&identity)),
-            &unlimited(),
-            LinkMetrics::default(),
-        )
-        .await
-        .expect_err("refused");
+        let err = server
+            .dial("edge-1", other.client_config(Some(&identity)))
+            .await
+            .expect_err("refused");
         assert!(matches!(err, ConnectError::Tls { .. }), "{err:?}");
         assert_eq!(server.metrics.accepted(Transport::Ws), 0);
         server.stop().await;
@@ -1501,7 +806,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_go_shaped_handshake_and_frame_are_understood() {
         let ca = TestCa::new("test CA");
-        let mut server = Server::start(&ca, LinkLimits::default()).await;
+        let mut server = start_server(&ca, LinkLimits::default()).await;
         let (status, tls) = raw_handshake(
             &server,
             &ca,
@@ -1550,7 +855,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_handshake_without_node_id_is_refused_with_400() {
         let ca = TestCa::new("test CA");
-        let server = Server::start(&ca, LinkLimits::default()).await;
+        let server = start_server(&ca, LinkLimits::default()).await;
         let (status, _tls) = raw_handshake(
             &server,
             &ca,
@@ -1559,24 +864,18 @@ pub(crate) mod tests {
         )
         .await;
         assert!(status.contains(" 400 "), "{status}");
-        eventually("the refusal to be counted", || {
-            server.refused(RefuseReason::Handshake) == 1
-        })
-        .await;
+        server.wait_refused(RefuseReason::Handshake, 1).await;
         server.stop().await;
     }
 
     #[tokio::test]
     async fn an_oversized_handshake_is_refused() {
         let ca = TestCa::new("test CA");
-        let server = Server::start(&ca, LinkLimits::default()).await;
+        let server = start_server(&ca, LinkLimits::default()).await;
         let padding = format!("Node_id: edge-1\r\nX-Padding: {}\r\n", "a".repeat(9000));
         let (status, _tls) = raw_handshake(&server, &ca, "edge-1", &padding).await;
         assert!(!status.contains(" 101 "), "{status}");
-        eventually("the refusal to be counted", || {
-            server.refused(RefuseReason::Handshake) == 1
-        })
-        .await;
+        server.wait_refused(RefuseReason::Handshake, 1).await;
         assert_eq!(server.metrics.accepted(Transport::Ws), 0);
         server.stop().await;
     }
@@ -1588,19 +887,16 @@ pub(crate) mod tests {
             handshake_timeout: Duration::from_millis(200),
             ..LinkLimits::default()
         };
-        let server = Server::start(&ca, limits).await;
+        let server = start_server(&ca, limits).await;
         let _silent = TcpStream::connect(server.address).await.expect("connect");
-        eventually("the timeout to be counted", || {
-            server.refused(RefuseReason::Handshake) == 1
-        })
-        .await;
+        server.wait_refused(RefuseReason::Handshake, 1).await;
         server.stop().await;
     }
 
     #[tokio::test]
     async fn a_malformed_frame_is_refused_and_the_link_stays_up() {
         let ca = TestCa::new("test CA");
-        let mut server = Server::start(&ca, LinkLimits::default()).await;
+        let mut server = start_server(&ca, LinkLimits::default()).await;
         let mut ws = raw_client(&server, &ca, "edge-1").await;
         let mut cloud = server.next_link().await;
 
@@ -1631,7 +927,7 @@ pub(crate) mod tests {
             max_frame_bytes: 1024,
             ..LinkLimits::default()
         };
-        let mut server = Server::start(&ca, limits).await;
+        let mut server = start_server(&ca, limits).await;
         let mut ws = raw_client(&server, &ca, "edge-1").await;
         let mut cloud = server.next_link().await;
 
@@ -1705,16 +1001,12 @@ pub(crate) mod tests {
             }),
             ..LinkLimits::default()
         };
-        let mut server = Server::start(&ca, limits).await;
+        let mut server = start_server(&ca, limits).await;
         let identity = ca.client("system:node:edge-1");
-        let edge = connect(
-            &server.target("edge-1"),
-            ca.client_config(Some(&identity)),
-            &unlimited(),
-            LinkMetrics::default(),
-        )
-        .await
-        .expect("connected");
+        let edge = server
+            .dial("edge-1", ca.client_config(Some(&identity)))
+            .await
+            .expect("connected");
         let mut cloud = server.next_link().await;
 
         let sent = 20;
@@ -1742,16 +1034,12 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn control_operations_are_answered_and_not_delivered() {
         let ca = TestCa::new("test CA");
-        let mut server = Server::start(&ca, LinkLimits::default()).await;
+        let mut server = start_server(&ca, LinkLimits::default()).await;
         let identity = ca.client("system:node:edge-1");
-        let mut edge = connect(
-            &server.target("edge-1"),
-            ca.client_config(Some(&identity)),
-            &unlimited(),
-            LinkMetrics::default(),
-        )
-        .await
-        .expect("connected");
+        let mut edge = server
+            .dial("edge-1", ca.client_config(Some(&identity)))
+            .await
+            .expect("connected");
         let mut cloud = server.next_link().await;
 
         let ping = Message::new("", "", operation::PING, "", Value::Null);
@@ -1791,19 +1079,15 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn closing_either_side_ends_the_other_receiver() {
         let ca = TestCa::new("test CA");
-        let mut server = Server::start(&ca, LinkLimits::default()).await;
+        let mut server = start_server(&ca, LinkLimits::default()).await;
         let identity = ca.client("system:node:edge-1");
         let config = ca.client_config(Some(&identity));
 
         // The edge closes.
-        let edge = connect(
-            &server.target("edge-1"),
-            Arc::clone(&config),
-            &unlimited(),
-            LinkMetrics::default(),
-        )
-        .await
-        .expect("connected");
+        let edge = server
+            .dial("edge-1", Arc::clone(&config))
+            .await
+            .expect("connected");
         let mut cloud = server.next_link().await;
         edge.sender.close();
         assert_eq!(
@@ -1813,14 +1097,7 @@ pub(crate) mod tests {
         assert!(cloud.sender.is_closed());
 
         // The cloud closes.
-        let mut edge = connect(
-            &server.target("edge-1"),
-            config,
-            &unlimited(),
-            LinkMetrics::default(),
-        )
-        .await
-        .expect("connected");
+        let mut edge = server.dial("edge-1", config).await.expect("connected");
         let cloud = server.next_link().await;
         cloud.sender.close();
         assert_eq!(
@@ -1830,14 +1107,10 @@ pub(crate) mod tests {
         assert!(edge.sender.is_closed());
 
         // Stopping the server ends its links.
-        let mut edge = connect(
-            &server.target("edge-1"),
-            ca.client_config(Some(&identity)),
-            &unlimited(),
-            LinkMetrics::default(),
-        )
-        .await
-        .expect("connected");
+        let mut edge = server
+            .dial("edge-1", ca.client_config(Some(&identity)))
+            .await
+            .expect("connected");
         let _cloud = server.next_link().await;
         server.stop().await;
         assert_eq!(
@@ -1849,7 +1122,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_client_can_connect_from_a_chosen_local_address() {
         let ca = TestCa::new("test CA");
-        let mut server = Server::start(&ca, LinkLimits::default()).await;
+        let mut server = start_server(&ca, LinkLimits::default()).await;
         let identity = ca.client("system:node:edge-1");
         let local: IpAddr = "127.0.0.2".parse().expect("ip");
         let target = server.target("edge-1").with_local_addr(local);

@@ -1,0 +1,259 @@
+//! Throwaway certificates, a running test server and waiting helpers for
+//! the transport tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kedge_message::{Message, group, module, operation, resource_type};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{ConnectError, ConnectTarget};
+use crate::limits::LinkLimits;
+use crate::link::Link;
+use crate::metrics::{LinkMetrics, RefuseReason, Transport};
+
+// --- Throwaway certificates ---
+
+/// The crypto provider of the tests.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A CA that signs server and node certificates.
+pub(crate) struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub(crate) cert: CertificateDer<'static>,
+}
+
+/// A certificate and its key.
+pub(crate) struct Identity {
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    pub(crate) key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    fn clone_key(&self) -> PrivateKeyDer<'static> {
+        self.key.clone_key()
+    }
+}
+
+impl TestCa {
+    pub(crate) fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        Self {
+            issuer: Issuer::new(params, key),
+            cert: cert.der().clone(),
+        }
+    }
+
+    fn sign(&self, mut params: CertificateParams, cn: &str) -> Identity {
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        Identity {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        }
+    }
+
+    /// A server certificate for 127.0.0.1.
+    pub(crate) fn server(&self) -> Identity {
+        let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+        self.sign(params, "KubeEdge")
+    }
+
+    /// A client certificate with common name `cn`.
+    pub(crate) fn client(&self, cn: &str) -> Identity {
+        self.sign(CertificateParams::default(), cn)
+    }
+
+    fn roots(&self) -> Arc<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.cert.clone()).expect("CA certificate");
+        Arc::new(roots)
+    }
+
+    /// A server configuration that requires certificates of this CA.
+    pub(crate) fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let server = self.server();
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots(), provider())
+            .build()
+            .expect("verifier");
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(server.chain, server.key)
+                .expect("server config"),
+        )
+    }
+
+    /// A client configuration trusting this CA, presenting `identity`.
+    pub(crate) fn client_config(&self, identity: Option<&Identity>) -> Arc<rustls::ClientConfig> {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(self.roots());
+        Arc::new(match identity {
+            Some(identity) => builder
+                .with_client_auth_cert(identity.chain.clone(), identity.clone_key())
+                .expect("client config"),
+            None => builder.with_no_client_auth(),
+        })
+    }
+}
+
+// --- Helpers ---
+
+/// Waits for `condition`, failing after a deadline.
+pub(crate) async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The next item, failing after a deadline.
+pub(crate) async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    timeout(Duration::from_secs(10), future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Limits without a rate limit, as clients use.
+pub(crate) fn unlimited() -> LinkLimits {
+    LinkLimits::client()
+}
+
+/// An application message numbered `n` (a pod status update).
+pub(crate) fn app_message(n: usize) -> Message {
+    Message::new(
+        module::EDGED,
+        group::META,
+        operation::UPDATE,
+        format!("default/{}/pod-{n}", resource_type::POD_STATUS),
+        Value::String(format!("status {n}")),
+    )
+}
+
+// --- A running server ---
+
+/// A transport's server, serving on 127.0.0.1 in its own task.
+pub(crate) struct Server {
+    pub(crate) address: SocketAddr,
+    accepted: mpsc::Receiver<Link>,
+    pub(crate) metrics: LinkMetrics,
+    transport: Transport,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Spawns `serve`, given the sender for accepted links, the metrics
+    /// and the shutdown token; it listens on `address`.
+    pub(crate) fn spawn<F>(
+        transport: Transport,
+        address: SocketAddr,
+        serve: impl FnOnce(mpsc::Sender<Link>, LinkMetrics, CancellationToken) -> F,
+    ) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (tx, accepted) = mpsc::channel(8);
+        let metrics = LinkMetrics::default();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(tx, metrics.clone(), shutdown.clone()));
+        Self {
+            address,
+            accepted,
+            metrics,
+            transport,
+            shutdown,
+            task,
+        }
+    }
+
+    /// A target for this server as `node`.
+    pub(crate) fn target(&self, node: &str) -> ConnectTarget {
+        ConnectTarget::new(self.address.to_string(), node, "project-1")
+    }
+
+    /// The next accepted link.
+    pub(crate) async fn next_link(&mut self) -> Link {
+        within("an accepted link", self.accepted.recv())
+            .await
+            .expect("server running")
+    }
+
+    /// Connections refused for `reason`.
+    pub(crate) fn refused(&self, reason: RefuseReason) -> u64 {
+        self.metrics.refused(self.transport, reason)
+    }
+
+    /// Connects as `node` with `tls` over this server's transport, without
+    /// limits, counting into metrics of its own.
+    pub(crate) async fn dial(
+        &self,
+        node: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Link, ConnectError> {
+        let target = self.target(node);
+        let metrics = LinkMetrics::default();
+        match self.transport {
+            Transport::Ws => crate::ws::connect(&target, tls, &unlimited(), metrics).await,
+            Transport::Quic => crate::quic::connect_quic(&target, tls, &unlimited(), metrics).await,
+        }
+    }
+
+    /// Waits until `count` connections were refused for `reason`.
+    pub(crate) async fn wait_refused(&self, reason: RefuseReason, count: u64) {
+        let what = format!("{count} refusals for {}", reason.as_str());
+        eventually(&what, || self.refused(reason) == count).await;
+    }
+
+    /// Stops the server and waits for it.
+    pub(crate) async fn stop(self) {
+        self.shutdown.cancel();
+        within("the server to stop", self.task)
+            .await
+            .expect("server task");
+    }
+}
+
+// --- Scenarios both transports pass ---
+
+/// A client whose handshake names another node than its certificate is
+/// refused with 403, counted as a node mismatch, and never accepted.
+pub(crate) async fn a_node_id_that_differs_from_the_certificate_is_refused(
+    server: Server,
+    ca: &TestCa,
+) {
+    let identity = ca.client("system:node:edge-1");
+    let err = server
+        .dial("edge-2", ca.client_config(Some(&identity)))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, ConnectError::Refused { status: 403, .. }),
+        "{err:?}"
+    );
+    server.wait_refused(RefuseReason::NodeMismatch, 1).await;
+    assert_eq!(server.metrics.accepted(server.transport), 0);
+    server.stop().await;
+}
