@@ -14,6 +14,7 @@
 //! error saying it has no handler yet.
 
 pub mod edgehub;
+pub mod hollow;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,0 +1,342 @@
+//! edgemark: many hollow edge nodes in one process, for load tests of
+//! cloudcore's link (see [`kedge_edge::hollow`]).
+//!
+//! ```sh
+//! edgemark --nodes 10000 --server 127.0.0.1:10000 \
+//!     --cert-server https://127.0.0.1:10002 --token "$(keadm gettoken)" \
+//!     --data-dir /tmp/edgemark --source-ips 127.0.0.2-127.0.0.50
+//! ```
+//!
+//! Each node has its own name (`<prefix><index>`), its own certificate
+//! (requested with the token on first start, a few at a time, and kept
+//! under `<data-dir>/<node>/` for the next run) and its own WebSocket,
+//! opened from the source addresses in turn so that one process can hold
+//! more connections than one source address has ports. Every few seconds
+//! it prints how many nodes are connected and what they received.
+
+// Printing the progress lines is what this binary is for.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use kedge_edge::hollow::{HollowDialer, HollowMetrics, HollowNode, HollowSettings, HollowShared};
+use kedge_transport::bootstrap::BootstrapConfig;
+use kedge_transport::ws::ConnectTarget;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing_subscriber::EnvFilter;
+
+/// KubeEdge's default project id, which edgecore sends.
+const DEFAULT_PROJECT_ID: &str = "e632aba927ea4ac2b575ec1603d56f10";
+
+/// How long the nodes may take to close their links on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgemark",
+    version,
+    about = "Runs many hollow edge nodes in one process against a cloudcore"
+)]
+struct Cli {
+    /// How many nodes to run.
+    #[arg(long)]
+    nodes: usize,
+    /// CloudHub's WebSocket address, host:port.
+    #[arg(long)]
+    server: String,
+    /// The certificate server, such as https://127.0.0.1:10002.
+    #[arg(long = "cert-server")]
+    cert_server: String,
+    /// The join token (`keadm gettoken`); needed while a node has no
+    /// certificate on disk.
+    #[arg(long, default_value = "")]
+    token: String,
+    /// Where each node keeps its certificate, under `<dir>/<node>/`.
+    #[arg(long = "data-dir")]
+    data_dir: PathBuf,
+    /// Node names are this prefix followed by the node's index.
+    #[arg(long = "name-prefix", default_value = "hollow-")]
+    name_prefix: String,
+    /// Local addresses to connect from, in turn: `A-B` ranges of IPv4
+    /// addresses and single addresses, separated by commas.
+    #[arg(long = "source-ips")]
+    source_ips: Option<String>,
+    /// Time between keepalives, such as `15s` or `500ms`.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    heartbeat: Duration,
+    /// Connection attempts per second, all nodes together (default: no
+    /// limit).
+    #[arg(long = "connect-rate")]
+    connect_rate: Option<f64>,
+    /// Certificate requests in flight at once.
+    #[arg(long = "issuing", default_value_t = 32)]
+    issuing: usize,
+    /// The project id sent in the handshake.
+    #[arg(long = "project-id", default_value = DEFAULT_PROJECT_ID)]
+    project_id: String,
+    /// Time between progress lines.
+    #[arg(long = "report-every", default_value = "5s", value_parser = parse_duration)]
+    report_every: Duration,
+    /// More log output (-v debug, -vv trace); `RUST_LOG` wins. The default
+    /// is warnings only, as thousands of nodes log alike.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("edgemark: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("edgemark: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbosity: u8) {
+    let level = match verbosity {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Raises the soft limit on open files to the hard limit; returns it.
+fn raise_nofile_limit() -> anyhow::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).context("cannot raise the open-file limit")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let source_ips = match &cli.source_ips {
+        Some(spec) => parse_source_ips(spec)?,
+        None => Vec::new(),
+    };
+    let nofile = raise_nofile_limit()?;
+    // Each node holds one socket; cloudcore's side is in its own process.
+    let wanted = u64::try_from(cli.nodes)
+        .unwrap_or(u64::MAX)
+        .saturating_add(64);
+    if nofile < wanted {
+        eprintln!(
+            "edgemark: warning: the open-file limit is {nofile}, below the {wanted} that {} nodes need; raise it with ulimit -n",
+            cli.nodes
+        );
+    }
+    std::fs::create_dir_all(&cli.data_dir)
+        .with_context(|| format!("cannot create {}", cli.data_dir.display()))?;
+    println!(
+        "edgemark: {} nodes to {} from {} source address(es), heartbeat {:?}, open-file limit {nofile}",
+        cli.nodes,
+        cli.server,
+        source_ips.len().max(1),
+        cli.heartbeat
+    );
+
+    let settings = HollowSettings {
+        heartbeat: cli.heartbeat,
+        ..HollowSettings::default()
+    };
+    let metrics = HollowMetrics::default();
+    let shared = HollowShared::new(cli.issuing, cli.connect_rate);
+    let shutdown = CancellationToken::new();
+    kedge_runtime::signals::spawn_handler(shutdown.clone()).context("cannot watch for signals")?;
+
+    let tracker = TaskTracker::new();
+    for index in 0..cli.nodes {
+        let name = format!("{}{index}", cli.name_prefix);
+        let dir = cli.data_dir.join(&name);
+        let bootstrap = BootstrapConfig {
+            ca_file: dir.join("ca.crt"),
+            cert_file: dir.join("node.crt"),
+            key_file: dir.join("node.key"),
+            ..BootstrapConfig::new(name.clone(), cli.cert_server.clone(), cli.token.clone())
+        };
+        let mut target =
+            ConnectTarget::new(cli.server.clone(), name.clone(), cli.project_id.clone());
+        if let Some(ip) = source_ips.get(index % source_ips.len().max(1)) {
+            target = target.with_local_addr(*ip);
+        }
+        let dialer = Arc::new(HollowDialer::new(target, bootstrap, shared.clone()));
+        let node = HollowNode::new(name, Arc::new(dialer), settings.clone(), metrics.clone());
+        tracker.spawn(node.run(shutdown.clone()));
+    }
+    tracker.close();
+
+    let start = Instant::now();
+    let mut report = tokio::time::interval_at(start + cli.report_every, cli.report_every);
+    let mut all_connected = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = report.tick() => {}
+        }
+        let connected = metrics.connected.get();
+        println!(
+            "t={:.0}s connected {connected}/{} connects {} dial_failures {} disconnects {} received {} acked {}",
+            start.elapsed().as_secs_f64(),
+            cli.nodes,
+            metrics.connects.get(),
+            metrics.dial_failures.get(),
+            metrics.disconnects.get(),
+            metrics.received.get(),
+            metrics.acked.get(),
+        );
+        let now_all = usize::try_from(connected).is_ok_and(|c| c == cli.nodes);
+        if now_all && !all_connected {
+            println!(
+                "edgemark: all {} nodes connected after {:.1}s",
+                cli.nodes,
+                start.elapsed().as_secs_f64()
+            );
+        }
+        all_connected = now_all;
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        eprintln!("edgemark: some nodes did not stop within {SHUTDOWN_GRACE:?}");
+    }
+    println!(
+        "edgemark: stopped; received {} acked {}",
+        metrics.received.get(),
+        metrics.acked.get()
+    );
+    Ok(())
+}
+
+/// Parses `15s`, `500ms`, `2m`, `1h` or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 15s or 500ms"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a positive duration"))
+}
+
+/// Parses `127.0.0.2-127.0.0.50,10.0.0.1`: IPv4 ranges and single
+/// addresses (IPv4 or IPv6), separated by commas.
+fn parse_source_ips(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
+    const MAX_ADDRESSES: u32 = 1 << 16;
+    let mut ips = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.split_once('-') {
+            Some((first, last)) => {
+                let first: Ipv4Addr = first
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad address in {item:?}"))?;
+                let last: Ipv4Addr = last
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad address in {item:?}"))?;
+                let (first, last) = (u32::from(first), u32::from(last));
+                if last < first || last - first >= MAX_ADDRESSES {
+                    bail!("{item:?} is not a range of at most {MAX_ADDRESSES} addresses");
+                }
+                ips.extend((first..=last).map(|ip| IpAddr::V4(Ipv4Addr::from(ip))));
+            }
+            None => ips.push(
+                item.parse()
+                    .with_context(|| format!("bad address {item:?}"))?,
+            ),
+        }
+    }
+    if ips.is_empty() {
+        bail!("--source-ips names no address");
+    }
+    Ok(ips)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ips_are_ranges_and_addresses() {
+        let ips = parse_source_ips("127.0.0.2-127.0.0.4, 10.0.0.1").expect("parses");
+        let text: Vec<String> = ips.iter().map(ToString::to_string).collect();
+        assert_eq!(text, ["127.0.0.2", "127.0.0.3", "127.0.0.4", "10.0.0.1"]);
+        assert!(parse_source_ips("127.0.0.5-127.0.0.4").is_err());
+        assert!(parse_source_ips("nonsense").is_err());
+        assert!(parse_source_ips(",").is_err());
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "edgemark",
+            "--nodes",
+            "3",
+            "--server",
+            "127.0.0.1:10000",
+            "--cert-server",
+            "https://127.0.0.1:10002",
+            "--token",
+            "t",
+            "--data-dir",
+            "/tmp/x",
+            "--heartbeat",
+            "1s",
+            "--connect-rate",
+            "100",
+        ])
+        .expect("parses");
+        assert_eq!(cli.nodes, 3);
+        assert_eq!(cli.name_prefix, "hollow-");
+        assert_eq!(cli.heartbeat, Duration::from_secs(1));
+        assert_eq!(cli.connect_rate, Some(100.0));
+    }
+}
