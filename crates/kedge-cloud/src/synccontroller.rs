@@ -193,21 +193,11 @@ async fn sync_nodes(
     }
 }
 
-/// Updates `connected` from a CloudHub connection event; the node to
-/// compare now, if it connected.
-fn note_connection(connected: &mut HashSet<String>, msg: &Message) -> Option<String> {
-    let node = msg.router.resource.strip_prefix("node/")?.to_owned();
-    match msg.router.operation.as_str() {
-        operation::CONNECTED => {
-            connected.insert(node.clone());
-            Some(node)
-        }
-        operation::DISCONNECTED => {
-            connected.remove(&node);
-            None
-        }
-        _ => None,
-    }
+/// The node a CloudHub `connected` event names.
+fn connected_node(msg: &Message) -> Option<String> {
+    (msg.router.operation == operation::CONNECTED)
+        .then(|| msg.router.resource.strip_prefix("node/").map(str::to_owned))
+        .flatten()
 }
 
 impl Module for SyncController {
@@ -225,23 +215,22 @@ impl Module for SyncController {
             client = self.cluster.get() => client?,
         };
         ctx.set_ready();
-        let mut connected: HashSet<String> = HashSet::new();
-        let token = ctx.token().clone();
         let mut tick = tokio::time::interval(self.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let token = ctx.token().clone();
         loop {
             let mut due: HashSet<String> = tokio::select! {
                 () = token.cancelled() => return Ok(()),
                 msg = ctx.recv() => {
                     let Some(msg) = msg else { return Ok(()) };
-                    note_connection(&mut connected, &msg).into_iter().collect()
+                    connected_node(&msg).into_iter().collect()
                 }
-                _ = tick.tick() => connected.clone(),
+                _ = tick.tick() => self.records.connected().into_iter().collect(),
             };
             // Nodes connecting together (after a cloudcore restart) share
             // one round.
             while let Some(Some(msg)) = futures::FutureExt::now_or_never(ctx.recv()) {
-                due.extend(note_connection(&mut connected, &msg));
+                due.extend(connected_node(&msg));
             }
             let due: Vec<String> = due.into_iter().collect();
             if !due.is_empty() {

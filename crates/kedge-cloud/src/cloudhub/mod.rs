@@ -113,6 +113,9 @@ impl HubEvents for BusEvents {
     }
 
     fn connection(&self, node: &str, connected: bool) {
+        // The set is what the sync controller relies on; the event only
+        // makes it look at a new node at once, and may be dropped.
+        self.records.set_connected(node, connected);
         let event = if connected {
             operation::CONNECTED
         } else {
@@ -128,7 +131,7 @@ impl HubEvents for BusEvents {
         if self.bus.has_module(module::SYNC_CONTROLLER)
             && let Err(error) = self.bus.try_send(module::SYNC_CONTROLLER, msg)
         {
-            tracing::warn!(node, %error, "cannot tell the sync controller about a connection");
+            tracing::debug!(node, %error, "sync controller busy: the node waits for its next round");
         }
     }
 

@@ -61,11 +61,13 @@ struct State {
     dirty: IndexMap<(String, String), (Write, Option<SyncRecord>)>,
 }
 
-/// The acknowledgements of every node. Clones share them.
+/// The acknowledgements of every node, and which nodes are connected now.
+/// Clones share them.
 #[derive(Clone, Default)]
 pub struct SyncRecords {
     state: Arc<Mutex<State>>,
     wake: Arc<Notify>,
+    connected: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// The record a message describes, if its object has a UID and a
@@ -149,6 +151,22 @@ impl SyncRecords {
         let mut current = self.state.lock().expect("records lock");
         current.nodes = state.nodes;
         Ok(())
+    }
+
+    /// Notes that `node` connected (`true`) or its session ended.
+    pub fn set_connected(&self, node: &str, connected: bool) {
+        let mut nodes = self.connected.lock().expect("connected lock");
+        if connected {
+            nodes.insert(node.to_owned());
+        } else {
+            nodes.remove(node);
+        }
+    }
+
+    /// The nodes connected now.
+    pub fn connected(&self) -> Vec<String> {
+        let nodes = self.connected.lock().expect("connected lock");
+        nodes.iter().cloned().collect()
     }
 
     /// What `node` acknowledged: object UID → resourceVersion.
