@@ -12,7 +12,8 @@ packages=(
   python3
   python3-kubernetes   # the official Python client, in the API compatibility tests
   curl
-  iproute2             # ip netns / tc netem for network fault tests
+  iproute2             # ip netns and veth for network fault tests
+  nftables             # packet loss and cuts inside those namespaces
 )
 
 missing=()

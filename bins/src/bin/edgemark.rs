@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use kedge_edge::hollow::{HollowDialer, HollowMetrics, HollowNode, HollowSettings, HollowShared};
+use kedge_edge::hollow::{
+    Holdings, HollowDialer, HollowMetrics, HollowNode, HollowSettings, HollowShared,
+};
 use kedge_transport::bootstrap::BootstrapConfig;
 use kedge_transport::ws::ConnectTarget;
 use tokio::time::Instant;
@@ -83,6 +85,10 @@ struct Cli {
     #[arg(long = "project-id", default_value = DEFAULT_PROJECT_ID)]
     project_id: String,
     /// Time between progress lines.
+    /// Where to write, on exit, what every node holds (JSON: node →
+    /// objects by resource with their versions, duplicates, regressions).
+    #[arg(long = "state-file")]
+    state_file: Option<PathBuf>,
     #[arg(long = "report-every", default_value = "5s", value_parser = parse_duration)]
     report_every: Duration,
     /// More log output (-v debug, -vv trace); `RUST_LOG` wins. The default
@@ -169,6 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     kedge_runtime::signals::spawn_handler(shutdown.clone()).context("cannot watch for signals")?;
 
+    let holdings = Holdings::default();
     let tracker = TaskTracker::new();
     for index in 0..cli.nodes {
         let name = format!("{}{index}", cli.name_prefix);
@@ -185,7 +192,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             target = target.with_local_addr(*ip);
         }
         let dialer = Arc::new(HollowDialer::new(target, bootstrap, shared.clone()));
-        let node = HollowNode::new(name, Arc::new(dialer), settings.clone(), metrics.clone());
+        let node = HollowNode::new(name, Arc::new(dialer), settings.clone(), metrics.clone())
+            .with_holdings(holdings.clone());
         tracker.spawn(node.run(shutdown.clone()));
     }
     tracker.close();
@@ -224,6 +232,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .is_err()
     {
         eprintln!("edgemark: some nodes did not stop within {SHUTDOWN_GRACE:?}");
+    }
+    if let Some(path) = &cli.state_file {
+        let state = serde_json::to_vec_pretty(&holdings.snapshot())
+            .context("cannot encode the nodes' state")?;
+        std::fs::write(path, state).with_context(|| format!("cannot write {}", path.display()))?;
     }
     println!(
         "edgemark: stopped; received {} acked {}",

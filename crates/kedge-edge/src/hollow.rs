@@ -10,6 +10,11 @@
 //! exponential backoff and full jitter ([`Backoff`]) before the next
 //! attempt; a link that stayed up for `stable_after` resets the backoff.
 //!
+//! Each node keeps what it was sent as MetaManager would, newest version
+//! per object ([`Holdings`]): an older version than the one held is never
+//! applied and is counted as a regression, so fault tests can check that a
+//! node ends with exactly the latest version of every object.
+//!
 //! [`HollowDialer`] is the dialer edgemark gives each node: the node's own
 //! certificate (obtained once with the join token, a bounded number at a
 //! time, and kept on disk), then a WebSocket from a chosen local address,
@@ -116,6 +121,82 @@ impl HollowMetrics {
     }
 }
 
+/// One object a node holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Held {
+    /// The object's UID.
+    pub uid: String,
+    /// The resourceVersion held.
+    pub version: u64,
+}
+
+/// What one node holds, by resource (`<namespace>/<type>/<name>`), and how
+/// often it was sent something it already had or something older.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Holding {
+    /// The objects held.
+    pub objects: std::collections::BTreeMap<String, Held>,
+    /// Versions received again (resends whose ACK was lost).
+    pub duplicates: u64,
+    /// Versions older than the one held: never applied, and a bug.
+    pub regressions: u64,
+}
+
+impl Holding {
+    /// Applies a downstream object message as MetaManager would.
+    pub fn apply(&mut self, msg: &Message) {
+        let uid = msg
+            .content
+            .pointer("/metadata/uid")
+            .and_then(|uid| uid.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let resource = msg.router.resource.clone();
+        if msg.router.operation == kedge_message::operation::DELETE {
+            if self
+                .objects
+                .get(&resource)
+                .is_some_and(|held| uid.is_empty() || held.uid == uid)
+            {
+                self.objects.remove(&resource);
+            }
+            return;
+        }
+        let Ok(version) = msg.header.resource_version.parse::<u64>() else {
+            return;
+        };
+        match self.objects.get(&resource) {
+            Some(held) if held.uid == uid && held.version == version => self.duplicates += 1,
+            Some(held) if held.uid == uid && held.version > version => self.regressions += 1,
+            _ => {
+                self.objects.insert(resource, Held { uid, version });
+            }
+        }
+    }
+}
+
+/// What every node of a process holds, by node name. Clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Holdings(Arc<std::sync::Mutex<std::collections::BTreeMap<String, Holding>>>);
+
+impl Holdings {
+    fn apply(&self, node: &str, msg: &Message) {
+        let mut nodes = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        nodes.entry(node.to_owned()).or_default().apply(msg);
+    }
+
+    /// A copy of what every node holds.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, Holding> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// One hollow node: a name, a dialer and the loop that keeps the link.
 pub struct HollowNode {
     name: String,
@@ -123,6 +204,7 @@ pub struct HollowNode {
     settings: HollowSettings,
     metrics: HollowMetrics,
     backoff_seed: Option<u64>,
+    holdings: Holdings,
 }
 
 impl std::fmt::Debug for HollowNode {
@@ -148,7 +230,15 @@ impl HollowNode {
             settings,
             metrics,
             backoff_seed: None,
+            holdings: Holdings::default(),
         }
+    }
+
+    /// Keeps what this node is sent in `holdings`.
+    #[must_use]
+    pub fn with_holdings(mut self, holdings: Holdings) -> Self {
+        self.holdings = holdings;
+        self
     }
 
     /// Draws the reconnect jitter from a generator seeded with `seed`
@@ -241,6 +331,7 @@ impl HollowNode {
                     let Some(msg) = msg else { return false };
                     self.metrics.received.inc();
                     if delivery::needs_ack(&msg) {
+                        self.holdings.apply(&self.name, &msg);
                         if sender.send(msg.ack()).await.is_err() {
                             return false;
                         }
