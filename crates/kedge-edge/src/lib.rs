@@ -84,11 +84,17 @@ impl Component for EdgeCore {
 /// link's (`kedge_link_*`) registered in `registry`.
 pub fn edge_hub(config: &EdgeCoreConfig, registry: &mut Registry) -> edgehub::EdgeHub {
     let dialer = edgehub::CloudDialer::from_config(config, LinkMetrics::register(registry));
-    edgehub::EdgeHub::new(
+    let bootstrap = dialer.bootstrap().clone();
+    let hub = edgehub::EdgeHub::new(
         edgehub::EdgeHubSettings::from_config(config),
         Arc::new(dialer),
     )
-    .with_metrics(edgehub::EdgeHubMetrics::register(registry))
+    .with_metrics(edgehub::EdgeHubMetrics::register(registry));
+    if config.modules.edge_hub.rotate_certificates {
+        hub.with_renewal(bootstrap)
+    } else {
+        hub
+    }
 }
 
 /// edgecore's modules as `(name, group, enabled)`, in KubeEdge's

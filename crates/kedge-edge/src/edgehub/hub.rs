@@ -52,6 +52,8 @@ impl Hub {
             dialer,
             metrics,
             backoff_seed,
+            // Started by the module before the hub runs.
+            renewal: _,
         } = edgehub;
         let downstream = Arc::new(Downstream::start(&ctx, settings.delivery_queue, &metrics));
         let backoff = match backoff_seed {

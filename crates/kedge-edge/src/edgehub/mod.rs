@@ -37,6 +37,7 @@ mod dialer;
 mod hub;
 mod metrics;
 pub mod outbox;
+pub mod renewal;
 pub mod routing;
 pub mod throttle;
 
@@ -162,6 +163,7 @@ pub struct EdgeHub {
     dialer: Arc<dyn Dialer>,
     metrics: EdgeHubMetrics,
     backoff_seed: Option<u64>,
+    renewal: Option<kedge_transport::bootstrap::BootstrapConfig>,
 }
 
 impl std::fmt::Debug for EdgeHub {
@@ -180,7 +182,16 @@ impl EdgeHub {
             dialer,
             metrics: EdgeHubMetrics::default(),
             backoff_seed: None,
+            renewal: None,
         }
+    }
+
+    /// Renews the node certificate `bootstrap` names at 70–90 % of its
+    /// lifetime ([`renewal::keep_renewed`]).
+    #[must_use]
+    pub fn with_renewal(mut self, bootstrap: kedge_transport::bootstrap::BootstrapConfig) -> Self {
+        self.renewal = Some(bootstrap);
+        self
     }
 
     /// Counts into `metrics` (registered with
@@ -231,6 +242,12 @@ impl Module for EdgeHub {
             waiting = outbox.len(),
             "EdgeHub outbox open"
         );
+        if let Some(bootstrap) = self.renewal.clone() {
+            ctx.spawn(
+                "certificate-renewal",
+                renewal::keep_renewed(bootstrap, ctx.token().clone()),
+            );
+        }
         hub::Hub::new(ctx, self, outbox).run().await;
         Ok(())
     }
