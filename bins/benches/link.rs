@@ -3,7 +3,7 @@
 //! that every step completes.
 //!
 //! ```sh
-//! ulimit -n 1048576; KEDGE_BENCH_NODES=10000 cargo bench -p kedge-bins --bench link
+//! ulimit -n 24000; KEDGE_BENCH_NODES=10000 cargo bench -p kedge-bins --bench link
 //! ```
 //!
 //! `KEDGE_BENCH_NODES` (default 10000) sets the node count. Measured:
