@@ -498,6 +498,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_node_that_reads_nothing_delays_no_other_node() {
+        let (hub, _recorder) = hub(10);
+        // n1's edge never reads: its link holds one message.
+        let (slow_cloud, _slow_edge) = memory_pair(peer("n1"), peer("cloud"), 1);
+        let (fast_cloud, mut fast_edge) = memory_pair(peer("n2"), peer("cloud"), 8);
+        hub.accept(slow_cloud);
+        hub.accept(fast_cloud);
+        until("both connected", || hub.connected().len() == 2).await;
+        for i in 0..2_000u64 {
+            let mut msg = configmap("n1", i + 1);
+            msg.content = json!({"metadata": {"uid": format!("u{i}")}});
+            hub.dispatch(msg);
+        }
+        hub.dispatch(configmap("n2", 7));
+        let got = tokio::time::timeout(Duration::from_secs(5), fast_edge.receiver.recv())
+            .await
+            .expect("n2 is served at once")
+            .expect("delivered");
+        assert_eq!(got.header.resource_version, "7");
+        // What n1 could not take was dropped and counted, not buffered.
+        let dropped = hub
+            .inner
+            .metrics
+            .refused
+            .get_or_create(&ReasonLabel {
+                reason: "handoff_full".into(),
+            })
+            .get();
+        assert!(dropped > 0, "nothing was dropped for the stalled node");
+    }
+
+    #[tokio::test]
     async fn upstream_goes_to_cloud_modules_and_node_deletion_ends_the_session() {
         let (hub, recorder) = hub(10);
         let (cloud, mut edge) = memory_pair(peer("n1"), peer("cloud"), 8);

@@ -142,16 +142,28 @@ pub async fn run(
 ) -> (Ended, NodeQueue) {
     let mut silent_at = Instant::now() + config.keepalive_timeout;
     let ended = loop {
-        // Write what the queue lets out now, a batch at a time.
+        // Write what the queue lets out now, a batch at a time. A peer that
+        // stops reading holds up this session only, and only until its
+        // keepalive timeout.
         let mut written = 0;
+        let mut ended = None;
         while written < config.write_batch {
             let Some(msg) = queue.next(Instant::now()) else {
                 break;
             };
-            if link.sender.send(msg).await.is_err() {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => ended = Some(Ended::Stopped),
+                () = tokio::time::sleep_until(silent_at) => ended = Some(Ended::Silent),
+                sent = link.sender.send(msg) => if sent.is_err() { break },
+            }
+            if ended.is_some() {
                 break;
             }
             written += 1;
+        }
+        if let Some(ended) = ended {
+            break ended;
         }
         let more = written == config.write_batch;
         let resend_at = queue.next_resend();
@@ -326,6 +338,34 @@ mod tests {
         .await;
         assert_eq!(ended, Ended::Silent);
         assert_eq!(started.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_stops_reading_loses_its_session_at_the_timeout() {
+        // The link holds one message and the edge never reads it.
+        let (cloud, _edge) = memory_pair(peer("n1"), peer("cloud"), 1);
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut queue = NodeQueue::new(QueueLimits::default(), HashMap::new());
+        for i in 0..3u64 {
+            let mut msg = configmap(i + 1);
+            msg.content = json!({"metadata": {"uid": format!("u{i}")}});
+            queue.offer(msg);
+        }
+        let started = Instant::now();
+        let (ended, queue) = run(
+            "n1",
+            cloud,
+            queue,
+            &mut rx,
+            &mut Recorded::default(),
+            SessionConfig::default(),
+            CancellationToken::new(),
+        )
+        .await;
+        drop(tx);
+        assert_eq!(ended, Ended::Silent);
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert_eq!(queue.len(), 3, "nothing unacknowledged is lost");
     }
 
     #[tokio::test(start_paused = true)]
