@@ -67,6 +67,27 @@ pub struct ClusterObjectSyncSpec {
     pub object_name: String,
 }
 
+// The derive needs a spec type per kind; the two carry the same fields.
+impl From<ClusterObjectSyncSpec> for ObjectSyncSpec {
+    fn from(spec: ClusterObjectSyncSpec) -> Self {
+        Self {
+            object_api_version: spec.object_api_version,
+            object_kind: spec.object_kind,
+            object_name: spec.object_name,
+        }
+    }
+}
+
+impl From<ObjectSyncSpec> for ClusterObjectSyncSpec {
+    fn from(spec: ObjectSyncSpec) -> Self {
+        Self {
+            object_api_version: spec.object_api_version,
+            object_kind: spec.object_kind,
+            object_name: spec.object_name,
+        }
+    }
+}
+
 /// The resourceVersion the node acknowledged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -13,8 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use indexmap::IndexMap;
 use kedge_apis::reliablesyncs::{
-    ClusterObjectSync, ClusterObjectSyncSpec, ObjectSync, ObjectSyncSpec, ObjectSyncStatus,
-    split_sync_name, sync_name,
+    ClusterObjectSync, ObjectSync, ObjectSyncSpec, ObjectSyncStatus, split_sync_name, sync_name,
 };
 use kedge_message::{Message, resource};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -44,6 +43,34 @@ pub struct SyncRecord {
     pub name: String,
     /// The acknowledged resourceVersion; 0 while none was.
     pub resource_version: u64,
+}
+
+impl SyncRecord {
+    /// The record an (Cluster)ObjectSync in `namespace` holds.
+    fn stored(
+        namespace: Option<String>,
+        spec: ObjectSyncSpec,
+        status: Option<&ObjectSyncStatus>,
+    ) -> Self {
+        Self {
+            namespace,
+            api_version: spec.object_api_version,
+            kind: spec.object_kind,
+            name: spec.object_name,
+            resource_version: status
+                .and_then(|status| parse_version(&status.object_resource_version))
+                .unwrap_or(0),
+        }
+    }
+
+    /// The spec of the (Cluster)ObjectSync that stores this record.
+    fn spec(&self) -> ObjectSyncSpec {
+        ObjectSyncSpec {
+            object_api_version: self.api_version.clone(),
+            object_kind: self.kind.clone(),
+            object_name: self.name.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,45 +135,34 @@ impl SyncRecords {
         let namespaced: Api<ObjectSync> = Api::all(client.clone());
         let cluster: Api<ClusterObjectSync> = Api::all(client.clone());
         let mut state = State::default();
-        for sync in namespaced.list(&ListParams::default()).await? {
-            let name = sync.metadata.name.clone().unwrap_or_default();
+        let namespaced = namespaced
+            .list(&ListParams::default())
+            .await?
+            .into_iter()
+            .map(|sync| {
+                (
+                    sync.metadata.name,
+                    sync.metadata.namespace,
+                    sync.spec,
+                    sync.status,
+                )
+            });
+        let cluster = cluster
+            .list(&ListParams::default())
+            .await?
+            .into_iter()
+            .map(|sync| (sync.metadata.name, None, sync.spec.into(), sync.status));
+        for (name, namespace, spec, status) in namespaced.chain(cluster) {
+            let name = name.unwrap_or_default();
             let Some((node, uid)) = split_sync_name(&name) else {
                 continue;
             };
-            state.nodes.entry(node.to_owned()).or_default().insert(
-                uid.to_owned(),
-                SyncRecord {
-                    namespace: sync.metadata.namespace.clone(),
-                    api_version: sync.spec.object_api_version.clone(),
-                    kind: sync.spec.object_kind.clone(),
-                    name: sync.spec.object_name.clone(),
-                    resource_version: sync
-                        .status
-                        .as_ref()
-                        .and_then(|s| parse_version(&s.object_resource_version))
-                        .unwrap_or(0),
-                },
-            );
-        }
-        for sync in cluster.list(&ListParams::default()).await? {
-            let name = sync.metadata.name.clone().unwrap_or_default();
-            let Some((node, uid)) = split_sync_name(&name) else {
-                continue;
-            };
-            state.nodes.entry(node.to_owned()).or_default().insert(
-                uid.to_owned(),
-                SyncRecord {
-                    namespace: None,
-                    api_version: sync.spec.object_api_version.clone(),
-                    kind: sync.spec.object_kind.clone(),
-                    name: sync.spec.object_name.clone(),
-                    resource_version: sync
-                        .status
-                        .as_ref()
-                        .and_then(|s| parse_version(&s.object_resource_version))
-                        .unwrap_or(0),
-                },
-            );
+            let record = SyncRecord::stored(namespace, spec, status.as_ref());
+            state
+                .nodes
+                .entry(node.to_owned())
+                .or_default()
+                .insert(uid.to_owned(), record);
         }
         let mut current = self.state.lock().expect("records lock");
         current.nodes = state.nodes;
@@ -374,21 +390,12 @@ async fn write_record(
         }
         (Some(namespace), Write::Upsert) => {
             let api: Api<ObjectSync> = Api::namespaced(client.clone(), namespace);
-            let spec = ObjectSyncSpec {
-                object_api_version: record.api_version.clone(),
-                object_kind: record.kind.clone(),
-                object_name: record.name.clone(),
-            };
-            upsert(&api, &name, ObjectSync::new(&name, spec), &status).await
+            upsert(&api, &name, ObjectSync::new(&name, record.spec()), &status).await
         }
         (None, Write::Upsert) => {
             let api: Api<ClusterObjectSync> = Api::all(client.clone());
-            let spec = ClusterObjectSyncSpec {
-                object_api_version: record.api_version.clone(),
-                object_kind: record.kind.clone(),
-                object_name: record.name.clone(),
-            };
-            upsert(&api, &name, ClusterObjectSync::new(&name, spec), &status).await
+            let object = ClusterObjectSync::new(&name, record.spec().into());
+            upsert(&api, &name, object, &status).await
         }
     }
 }
