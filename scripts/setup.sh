@@ -36,6 +36,10 @@ else
   echo "setup: all packages present"
 fi
 
+# edged's CRI tests: containerd, runc, CNI plugins and what the offline images
+# are built from.
+"$(dirname "$0")/containerd.sh" install
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is not on PATH; install the stable Rust toolchain (rustup) first" >&2
   exit 1

@@ -6,7 +6,16 @@
 //! ulimit -n 24000; KEDGE_BENCH_NODES=10000 cargo bench -p kedge-bins --bench link
 //! ```
 //!
-//! `KEDGE_BENCH_NODES` (default 10000) sets the node count. Measured:
+//! `KEDGE_BENCH_NODES` (default 10000) sets the node count.
+//! `KEDGE_BENCH_TRANSPORT=quic` connects the nodes over QUIC instead of
+//! WebSocket: both sides then use one UDP socket, not one file per node,
+//! which is how 100,000 nodes fit under an open-file limit of 20,000:
+//!
+//! ```sh
+//! KEDGE_BENCH_TRANSPORT=quic KEDGE_BENCH_NODES=100000 cargo bench -p kedge-bins --bench link
+//! ```
+//!
+//! Measured:
 //!
 //! * the time until every node is connected on first start (each node
 //!   obtains its certificate with the join token first), read from
@@ -36,7 +45,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kedge_apis::reliablesyncs::{ObjectSync, ObjectSyncSpec, sync_name};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
-use support::{Backend, Cloud};
+use support::{Backend, Cloud, rss_kib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Child;
@@ -55,20 +64,6 @@ fn setting(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A field of `/proc/<pid>/status` in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
 }
 
 /// utime + stime of `pid`, in clock ticks.
@@ -134,27 +129,19 @@ async fn all_connected(
     }
 }
 
-fn gettoken(cloud: &Cloud) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_keadm"))
-        .args(["gettoken", "--kube-config"])
-        .arg(&cloud.kubeconfig)
-        .output()
-        .expect("keadm runs");
-    assert!(
-        output.status.success(),
-        "keadm gettoken failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-fn start_edgemark(cloud: &Cloud, nodes: usize, token: &str, dir: &Path) -> Child {
+fn start_edgemark(cloud: &Cloud, nodes: usize, quic: bool, token: &str, dir: &Path) -> Child {
     let hub = cloud.config().modules.cloud_hub;
+    let (transport, port) = if quic {
+        (["--quic"].as_slice(), hub.quic.port)
+    } else {
+        ([].as_slice(), hub.websocket.port)
+    };
     let log = std::fs::File::create(dir.join("edgemark.log")).expect("edgemark log");
     let err = log.try_clone().expect("edgemark log");
     tokio::process::Command::new(env!("CARGO_BIN_EXE_edgemark"))
         .args(["--nodes", &nodes.to_string()])
-        .args(["--server", &format!("127.0.0.1:{}", hub.websocket.port)])
+        .args(transport)
+        .args(["--server", &format!("127.0.0.1:{port}")])
         .args([
             "--cert-server",
             &format!("https://127.0.0.1:{}", hub.https.port),
@@ -207,9 +194,15 @@ fn mib(kib: u64) -> f64 {
 async fn main() {
     let nofile = rlimit::increase_nofile_limit(u64::MAX).expect("open-file limit");
     let nodes = setting("KEDGE_BENCH_NODES", 10_000);
+    let quic = match std::env::var("KEDGE_BENCH_TRANSPORT").as_deref() {
+        Ok("quic") => true,
+        Ok("websocket") | Err(_) => false,
+        Ok(other) => panic!("KEDGE_BENCH_TRANSPORT={other}: use websocket or quic"),
+    };
+    let transport = if quic { "QUIC" } else { "WebSocket" };
     let deadline = Duration::from_secs(180 + u64::try_from(nodes / 20).unwrap_or(u64::MAX));
-    println!("link benchmark: {nodes} hollow nodes, open-file limit {nofile}");
-    if nofile < 2 * nodes as u64 + 1024 {
+    println!("link benchmark: {nodes} hollow nodes over {transport}, open-file limit {nofile}");
+    if !quic && nofile < 2 * nodes as u64 + 1024 {
         println!(
             "warning: raise the open-file limit (ulimit -n) above {}",
             2 * nodes + 1024
@@ -219,9 +212,10 @@ async fn main() {
     let node_limit = i32::try_from(nodes + 100).expect("node count");
     let mut cloud = Cloud::start_with(Backend::start(false).await, |config| {
         config.modules.cloud_hub.node_limit = node_limit;
+        config.modules.cloud_hub.quic.enable = quic;
     })
     .await;
-    let token = gettoken(&cloud);
+    let token = cloud.join_token();
     let client = bench_client(&cloud).await;
     let work = tempfile::tempdir().expect("temp dir");
 
@@ -231,7 +225,7 @@ async fn main() {
 
     // First join: certificates with the token, then connections.
     let started = Instant::now();
-    let mut edgemark = start_edgemark(&cloud, nodes, &token, work.path());
+    let mut edgemark = start_edgemark(&cloud, nodes, quic, &token, work.path());
     let first_join = all_connected(&cloud, nodes, started, deadline).await;
     println!("all {nodes} nodes connected after {first_join:.1?}");
 
@@ -340,7 +334,7 @@ async fn main() {
 
     let per_node = |kib: u64| kib as f64 / nodes as f64;
     println!();
-    println!("| link benchmark, {nodes} nodes | |");
+    println!("| link benchmark, {nodes} nodes over {transport} | |");
     println!("| --- | --- |");
     println!("| first join: all connected (certificates + connect) | {first_join:.1?} |");
     println!(

@@ -49,6 +49,7 @@ impl Binary {
                 config.control_plane.enable = false;
                 config.modules.cloud_hub.enable = false;
                 config.modules.sync_controller.enable = false;
+                config.modules.edge_controller.enable = false;
                 config.to_yaml().expect("config serialises")
             }
             Self::EdgeCore => {
@@ -117,8 +118,8 @@ fn refused(binary: Binary, args: &[&str]) -> String {
 
 /// A loopback address with a port nobody listens on right now.
 fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").to_string()
+    let port = kedge_store::testing::free_port().expect("a free test port");
+    format!("127.0.0.1:{port}")
 }
 
 /// `GET path` over HTTP/1.0; `None` while nothing accepts connections.

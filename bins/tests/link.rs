@@ -5,90 +5,13 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use kedge_message::Message;
-use kedge_transport::bootstrap::{self, BootstrapConfig, EdgeCredentials};
-use kedge_transport::limits::LinkLimits;
-use kedge_transport::link::Link;
-use kedge_transport::metrics::LinkMetrics;
-use kedge_transport::ws::{self, ConnectError, ConnectTarget};
+use kedge_transport::bootstrap;
+use kedge_transport::ws::ConnectError;
+use support::edge::{DEADLINE, bootstrap_config, connect_as, join, keep_alive, next};
+use support::edgecore::EdgeCore;
 use support::{Backend, Cloud};
-
-const DEADLINE: Duration = Duration::from_secs(60);
-const PROJECT: &str = "e632aba927ea4ac2b575ec1603d56f10";
-
-fn gettoken(cloud: &Cloud) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_keadm"))
-        .args(["gettoken", "--kube-config"])
-        .arg(&cloud.kubeconfig)
-        .output()
-        .expect("keadm runs");
-    assert!(
-        output.status.success(),
-        "keadm gettoken failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-fn bootstrap_config(cloud: &Cloud, dir: &Path, node: &str, token: &str) -> BootstrapConfig {
-    let hub = cloud.config().modules.cloud_hub;
-    BootstrapConfig {
-        node_name: node.to_owned(),
-        server: format!("https://127.0.0.1:{}", hub.https.port),
-        token: token.to_owned(),
-        ca_file: dir.join("ca/rootCA.crt"),
-        cert_file: dir.join("certs/server.crt"),
-        key_file: dir.join("certs/server.key"),
-        request_timeout: Duration::from_secs(10),
-    }
-}
-
-async fn join(cloud: &Cloud, dir: &Path, node: &str) -> EdgeCredentials {
-    let token = gettoken(cloud);
-    bootstrap::ensure_certificates(&bootstrap_config(cloud, dir, node, &token))
-        .await
-        .expect("the node joins with the token")
-}
-
-async fn connect_as(
-    cloud: &Cloud,
-    credentials: &EdgeCredentials,
-    node: &str,
-) -> Result<Link, ConnectError> {
-    let port = cloud.config().modules.cloud_hub.websocket.port;
-    let target = ConnectTarget::new(format!("127.0.0.1:{port}"), node, PROJECT);
-    let tls = credentials.client_config().expect("client TLS");
-    ws::connect(
-        &target,
-        Arc::new(tls),
-        &LinkLimits::client(),
-        LinkMetrics::default(),
-    )
-    .await
-}
-
-/// The next message that is not a keepalive reply, within the deadline.
-async fn next(link: &mut Link, what: &str) -> Message {
-    tokio::time::timeout(DEADLINE, link.receiver.recv())
-        .await
-        .unwrap_or_else(|_| panic!("no {what} within {DEADLINE:?}"))
-        .unwrap_or_else(|| panic!("the link closed before {what}"))
-}
-
-/// Keeps `link` alive in the background.
-fn keep_alive(link: &Link) -> tokio::task::JoinHandle<()> {
-    let sender = link.sender.clone();
-    tokio::spawn(async move {
-        while sender.send(Message::keepalive()).await.is_ok() {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    })
-}
 
 fn jsonpath(cloud: &Cloud, args: &[&str]) -> String {
     cloud.ok(args).trim().to_owned()
@@ -175,7 +98,7 @@ async fn objects_reach_a_joined_node_until_acknowledged_and_are_recorded() {
 #[tokio::test]
 async fn tokens_and_node_identities_are_enforced() {
     let cloud = Cloud::start(Backend::start(false).await).await;
-    let token = gettoken(&cloud);
+    let token = cloud.join_token();
     let (ca_hash, jwt) = token.split_once('.').expect("hash.jwt");
     assert_eq!(ca_hash.len(), 64, "a SHA-256 hex CA hash");
     assert_eq!(jwt.split('.').count(), 3, "a JWT");
@@ -236,59 +159,19 @@ async fn sessions(cloud: &Cloud, count: f64) {
 
 #[tokio::test]
 async fn edgecore_joins_with_the_token_and_reconnects_after_a_cloudcore_restart() {
-    use kedge_apis::config::edgecore::EdgeCoreConfig;
-
     let mut cloud = Cloud::start(Backend::start(false).await).await;
-    let hub = cloud.config().modules.cloud_hub;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let printed = Command::new(env!("CARGO_BIN_EXE_edgecore"))
-        .arg("--defaultconfig")
-        .output()
-        .expect("edgecore runs");
-    let mut config = EdgeCoreConfig::from_yaml_str(&String::from_utf8_lossy(&printed.stdout))
-        .expect("default config");
-    let at = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    config.monitor_server.bind_address = format!("127.0.0.1:{}", support::free_port());
-    config.database.data_source = at("edgecore.db");
-    config.modules.edged.tailored_kubelet_flag.hostname_override = "edge-real".to_owned();
-    let edge_hub = &mut config.modules.edge_hub;
-    edge_hub.token = gettoken(&cloud);
-    edge_hub.http_server = format!("https://127.0.0.1:{}", hub.https.port);
-    edge_hub.websocket.server = format!("127.0.0.1:{}", hub.websocket.port);
-    edge_hub.tls_ca_file = at("ca/rootCA.crt");
-    edge_hub.tls_cert_file = at("certs/server.crt");
-    edge_hub.tls_private_key_file = at("certs/server.key");
-    let config_path = dir.path().join("edgecore.yaml");
-    std::fs::write(&config_path, config.to_yaml().expect("yaml")).expect("written");
-    let log = std::fs::File::create(dir.path().join("edgecore.log")).expect("log file");
-    let mut edgecore = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgecore"))
-        .arg("--config")
-        .arg(&config_path)
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("edgecore starts");
+    let mut edge = EdgeCore::start(&cloud, "edge-real", None, |_| {});
 
     sessions(&cloud, 1.0).await;
     assert!(
-        dir.path().join("certs/server.crt").exists(),
+        edge.dir().join("certs/server.crt").exists(),
         "the node certificate is kept"
     );
     // cloudcore goes away and comes back: edgecore reconnects by itself.
     cloud.restart().await;
     sessions(&cloud, 1.0).await;
 
-    let pid = edgecore.id().expect("running").to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    let status = tokio::time::timeout(DEADLINE, edgecore.wait())
-        .await
-        .expect("edgecore stops")
-        .expect("wait");
-    assert!(status.success(), "edgecore exited with {status}");
+    edge.stop().await;
     sessions(&cloud, 0.0).await;
     cloud.stop().await;
 }

@@ -1,5 +1,7 @@
 //! edgemark: many hollow edge nodes in one process, for load tests of
-//! cloudcore's link (see [`kedge_edge::hollow`]).
+//! cloudcore's link (see [`kedge_edge::hollow`]) and, with `--full`, of
+//! the whole path from the API to pods on edge nodes (see
+//! [`kedge_edge::hollow_edgecore`]).
 //!
 //! ```sh
 //! edgemark --nodes 10000 --server 127.0.0.1:10000 \
@@ -11,8 +13,19 @@
 //! (requested with the token on first start, a few at a time, and kept
 //! under `<data-dir>/<node>/` for the next run) and its own WebSocket,
 //! opened from the source addresses in turn so that one process can hold
-//! more connections than one source address has ports. Every few seconds
-//! it prints how many nodes are connected and what they received.
+//! more connections than one source address has ports. With `--quic` the
+//! nodes connect over QUIC instead, the nodes of one source address
+//! sharing one UDP socket, so that neither side needs a file per node.
+//!
+//! By default a node is link-level: it keeps its link and acknowledges
+//! what it is sent. With `--full` each node is a full hollow edgecore
+//! instead: EdgeHub, MetaManager (its database under `<data-dir>/<node>/`)
+//! and edged on an in-memory fake container runtime, so that the node
+//! registers, reports its status and Lease, and runs the pods scheduled to
+//! it (they report Running; no image is pulled and nothing runs).
+//!
+//! Every few seconds it prints how many nodes are connected and what they
+//! received (with `--full`, also how many pods the nodes run).
 
 // Printing the progress lines is what this binary is for.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -25,9 +38,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use kedge_edge::edged::runtime::{FakeRuntime, Runtime, SandboxFilter, SandboxState};
+use kedge_edge::edgehub::EdgeHubMetrics;
 use kedge_edge::hollow::{
     Holdings, HollowDialer, HollowMetrics, HollowNode, HollowSettings, HollowShared,
 };
+use kedge_edge::hollow_edgecore::HollowEdgeCore;
 use kedge_transport::bootstrap::BootstrapConfig;
 use kedge_transport::ws::ConnectTarget;
 use tokio::time::Instant;
@@ -51,9 +67,21 @@ struct Cli {
     /// How many nodes to run.
     #[arg(long)]
     nodes: usize,
-    /// CloudHub's WebSocket address, host:port.
+    /// CloudHub's address, host:port: its WebSocket port, or its QUIC
+    /// port with `--quic`.
     #[arg(long)]
     server: String,
+    /// Connect over QUIC (CloudHub's `quic` listener) instead of
+    /// WebSocket. All nodes connecting from one source address share one
+    /// UDP socket, so the open-file limit does not bound the node count.
+    #[arg(long)]
+    quic: bool,
+    /// Run full hollow edgecores: each node is EdgeHub, MetaManager (with
+    /// its own database) and edged on an in-memory fake container runtime,
+    /// so it registers, reports node status and Lease, and runs the pods
+    /// scheduled to it. Without it a node only keeps its link.
+    #[arg(long, conflicts_with = "state_file")]
+    full: bool,
     /// The certificate server, such as https://127.0.0.1:10002.
     #[arg(long = "cert-server")]
     cert_server: String,
@@ -61,7 +89,8 @@ struct Cli {
     /// certificate on disk.
     #[arg(long, default_value = "")]
     token: String,
-    /// Where each node keeps its certificate, under `<dir>/<node>/`.
+    /// Where each node keeps its certificate (and with `--full` its
+    /// databases and edged's files), under `<dir>/<node>/`.
     #[arg(long = "data-dir")]
     data_dir: PathBuf,
     /// Node names are this prefix followed by the node's index.
@@ -84,11 +113,11 @@ struct Cli {
     /// The project id sent in the handshake.
     #[arg(long = "project-id", default_value = DEFAULT_PROJECT_ID)]
     project_id: String,
-    /// Time between progress lines.
     /// Where to write, on exit, what every node holds (JSON: node →
     /// objects by resource with their versions, duplicates, regressions).
     #[arg(long = "state-file")]
     state_file: Option<PathBuf>,
+    /// Time between progress lines.
     #[arg(long = "report-every", default_value = "5s", value_parser = parse_duration)]
     report_every: Duration,
     /// More log output (-v debug, -vv trace); `RUST_LOG` wins. The default
@@ -146,9 +175,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let nofile = raise_nofile_limit()?;
-    // Each node holds one socket; cloudcore's side is in its own process.
+    // Over WebSocket each node holds one socket (cloudcore's side is in its
+    // own process); with --full, two SQLite databases in WAL mode, three
+    // files each.
+    let files_per_node = u64::from(!cli.quic) + if cli.full { 6 } else { 0 };
     let wanted = u64::try_from(cli.nodes)
         .unwrap_or(u64::MAX)
+        .saturating_mul(files_per_node)
         .saturating_add(64);
     if nofile < wanted {
         eprintln!(
@@ -159,9 +192,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.data_dir)
         .with_context(|| format!("cannot create {}", cli.data_dir.display()))?;
     println!(
-        "edgemark: {} nodes to {} from {} source address(es), heartbeat {:?}, open-file limit {nofile}",
+        "edgemark: {} {} to {} over {} from {} source address(es), heartbeat {:?}, open-file limit {nofile}",
         cli.nodes,
+        if cli.full { "full nodes" } else { "nodes" },
         cli.server,
+        if cli.quic { "QUIC" } else { "WebSocket" },
         source_ips.len().max(1),
         cli.heartbeat
     );
@@ -170,12 +205,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         heartbeat: cli.heartbeat,
         ..HollowSettings::default()
     };
-    let metrics = HollowMetrics::default();
-    let shared = HollowShared::new(cli.issuing, cli.connect_rate);
+    let mut shared = HollowShared::new(cli.issuing, cli.connect_rate);
+    if cli.quic {
+        shared = shared.over_quic();
+    }
     let shutdown = CancellationToken::new();
     kedge_runtime::signals::spawn_handler(shutdown.clone()).context("cannot watch for signals")?;
 
     let holdings = Holdings::default();
+    let mut fleet = if cli.full {
+        Fleet::Full(Vec::with_capacity(cli.nodes))
+    } else {
+        Fleet::Link(HollowMetrics::default())
+    };
     let tracker = TaskTracker::new();
     for index in 0..cli.nodes {
         let name = format!("{}{index}", cli.name_prefix);
@@ -188,13 +230,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         };
         let mut target =
             ConnectTarget::new(cli.server.clone(), name.clone(), cli.project_id.clone());
-        if let Some(ip) = source_ips.get(index % source_ips.len().max(1)) {
-            target = target.with_local_addr(*ip);
+        let source_ip = source_ips.get(index % source_ips.len().max(1)).copied();
+        if let Some(ip) = source_ip {
+            target = target.with_local_addr(ip);
         }
         let dialer = Arc::new(HollowDialer::new(target, bootstrap, shared.clone()));
-        let node = HollowNode::new(name, Arc::new(dialer), settings.clone(), metrics.clone())
-            .with_holdings(holdings.clone());
-        tracker.spawn(node.run(shutdown.clone()));
+        match &mut fleet {
+            Fleet::Link(metrics) => {
+                let node =
+                    HollowNode::new(name, Arc::new(dialer), settings.clone(), metrics.clone())
+                        .with_holdings(holdings.clone());
+                tracker.spawn(node.run(shutdown.clone()));
+            }
+            Fleet::Full(nodes) => {
+                let node_ip = source_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+                let node = HollowEdgeCore::new(name, &dir, node_ip, Arc::new(dialer))
+                    .with_heartbeat(cli.heartbeat);
+                nodes.push((node.edge_hub_metrics().clone(), node.runtime().clone()));
+                tracker.spawn(run_full_node(node, shutdown.clone()));
+            }
+        }
     }
     tracker.close();
 
@@ -206,18 +261,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             () = shutdown.cancelled() => break,
             _ = report.tick() => {}
         }
-        let connected = metrics.connected.get();
+        let connected = fleet.connected();
         println!(
-            "t={:.0}s connected {connected}/{} connects {} dial_failures {} disconnects {} received {} acked {}",
+            "t={:.0}s connected {connected}/{} {}",
             start.elapsed().as_secs_f64(),
             cli.nodes,
-            metrics.connects.get(),
-            metrics.dial_failures.get(),
-            metrics.disconnects.get(),
-            metrics.received.get(),
-            metrics.acked.get(),
+            fleet.counters().await,
         );
-        let now_all = usize::try_from(connected).is_ok_and(|c| c == cli.nodes);
+        let now_all = connected == cli.nodes;
         if now_all && !all_connected {
             println!(
                 "edgemark: all {} nodes connected after {:.1}s",
@@ -238,12 +289,72 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .context("cannot encode the nodes' state")?;
         std::fs::write(path, state).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    println!(
-        "edgemark: stopped; received {} acked {}",
-        metrics.received.get(),
-        metrics.acked.get()
-    );
+    println!("edgemark: stopped; {}", fleet.counters().await);
     Ok(())
+}
+
+/// Runs one full hollow edgecore until `shutdown`, saying why when it
+/// stops otherwise or not cleanly.
+async fn run_full_node(node: HollowEdgeCore, shutdown: CancellationToken) {
+    let name = node.name().to_owned();
+    match node.run(shutdown, SHUTDOWN_GRACE).await {
+        Ok(report) if report.is_clean() => {}
+        Ok(report) => eprintln!("edgemark: node {name} stopped: {report:?}"),
+        Err(err) => eprintln!("edgemark: node {name} cannot start: {err}"),
+    }
+}
+
+/// The nodes edgemark runs, as their progress lines count them.
+enum Fleet {
+    /// Link-level hollow nodes, counting together.
+    Link(HollowMetrics),
+    /// Full hollow edgecores: each one's EdgeHub counters and runtime.
+    Full(Vec<(EdgeHubMetrics, FakeRuntime)>),
+}
+
+impl Fleet {
+    /// How many nodes have their link up.
+    fn connected(&self) -> usize {
+        match self {
+            Self::Link(metrics) => usize::try_from(metrics.connected.get()).unwrap_or(0),
+            Self::Full(nodes) => nodes.iter().filter(|(hub, _)| hub.is_connected()).count(),
+        }
+    }
+
+    /// The counters of a progress line after the connected nodes.
+    async fn counters(&self) -> String {
+        match self {
+            Self::Link(metrics) => format!(
+                "connects {} dial_failures {} disconnects {} received {} acked {}",
+                metrics.connects.get(),
+                metrics.dial_failures.get(),
+                metrics.disconnects.get(),
+                metrics.received.get(),
+                metrics.acked.get(),
+            ),
+            Self::Full(nodes) => {
+                let sum = |count: fn(&EdgeHubMetrics) -> u64| -> u64 {
+                    nodes.iter().map(|(hub, _)| count(hub)).sum()
+                };
+                let ready = SandboxFilter {
+                    state: Some(SandboxState::Ready),
+                    ..SandboxFilter::default()
+                };
+                let mut pods = 0;
+                for (_, runtime) in nodes {
+                    pods += runtime.list_sandboxes(&ready).await.map_or(0, |s| s.len());
+                }
+                format!(
+                    "connects {} dial_failures {} disconnects {} received {} sent {} pods {pods}",
+                    sum(EdgeHubMetrics::connects),
+                    sum(EdgeHubMetrics::dial_failures),
+                    sum(EdgeHubMetrics::disconnects),
+                    sum(EdgeHubMetrics::messages_down),
+                    sum(EdgeHubMetrics::messages_up),
+                )
+            }
+        }
+    }
 }
 
 /// Parses `15s`, `500ms`, `2m`, `1h` or a number of seconds.
@@ -351,5 +462,25 @@ mod tests {
         assert_eq!(cli.name_prefix, "hollow-");
         assert_eq!(cli.heartbeat, Duration::from_secs(1));
         assert_eq!(cli.connect_rate, Some(100.0));
+        assert!(!cli.full);
+    }
+
+    #[test]
+    fn full_nodes_write_no_state_file() {
+        let args = [
+            "edgemark",
+            "--full",
+            "--nodes",
+            "3",
+            "--server",
+            "127.0.0.1:10000",
+            "--cert-server",
+            "https://127.0.0.1:10002",
+            "--data-dir",
+            "/tmp/x",
+        ];
+        assert!(Cli::try_parse_from(args).expect("parses").full);
+        let with_state = args.into_iter().chain(["--state-file", "/tmp/state.json"]);
+        assert!(Cli::try_parse_from(with_state).is_err());
     }
 }

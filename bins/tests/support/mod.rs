@@ -3,6 +3,10 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of it.
 
+pub mod churn;
+pub mod edge;
+pub mod edgecore;
+pub mod edgemark;
 pub mod hollow;
 
 use std::path::{Path, PathBuf};
@@ -19,8 +23,7 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A loopback address with a port nobody listens on right now.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").port()
+    kedge_store::testing::free_port().expect("a free test port")
 }
 
 /// Which store the control plane uses.
@@ -139,6 +142,21 @@ impl Cloud {
     pub fn config(&self) -> CloudCoreConfig {
         let text = std::fs::read_to_string(self.dir.path().join("cloudcore.yaml")).expect("config");
         CloudCoreConfig::from_yaml_str(&text).expect("config parses")
+    }
+
+    /// The join token, as `keadm gettoken` prints it.
+    pub fn join_token(&self) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_keadm"))
+            .args(["gettoken", "--kube-config"])
+            .arg(&self.kubeconfig)
+            .output()
+            .expect("keadm runs");
+        assert!(
+            output.status.success(),
+            "keadm gettoken failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
     /// cloudcore's process id.
@@ -279,6 +297,18 @@ impl Cloud {
         self.wait_ready().await;
     }
 
+    /// Stops cloudcore, keeping its data, until [`resume`](Self::resume):
+    /// the edge sees the link cut.
+    pub async fn halt(&mut self) {
+        self.terminate().await;
+    }
+
+    /// Starts cloudcore again after [`halt`](Self::halt).
+    pub async fn resume(&mut self) {
+        self.child = spawn(self.dir.path());
+        self.wait_ready().await;
+    }
+
     /// Stops cloudcore with SIGTERM; it must exit cleanly.
     pub async fn stop(mut self) {
         self.terminate().await;
@@ -328,6 +358,16 @@ fn spawn(dir: &Path) -> Child {
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// The resident memory of process `pid` (VmRSS) in KiB, 0 if unknown.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The status code of `GET path` over plain HTTP, or `None`.

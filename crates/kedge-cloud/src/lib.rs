@@ -18,6 +18,7 @@ pub mod cloudhub;
 pub mod cluster;
 pub mod controlplane;
 pub mod crds;
+pub mod edgecontroller;
 pub mod synccontroller;
 
 use std::path::Path;
@@ -32,6 +33,7 @@ use kedge_runtime::component::Component;
 use cloudhub::objectsync::SyncRecords;
 use cloudhub::{CloudHubMetrics, CloudHubModule};
 use cluster::ClusterClient;
+use edgecontroller::{EdgeController, EdgeControllerMetrics};
 use synccontroller::SyncController;
 
 /// cloudcore, as [`kedge_runtime::component::main`] runs it.
@@ -86,6 +88,15 @@ impl Component for CloudCore {
                             cluster.clone(),
                             records.clone(),
                             CloudHubMetrics::register(registry),
+                        ),
+                        enabled,
+                    )?;
+                }
+                module::EDGE_CONTROLLER => {
+                    builder.register(
+                        EdgeController::new(
+                            cluster.clone(),
+                            EdgeControllerMetrics::register(registry),
                         ),
                         enabled,
                     )?;

@@ -17,7 +17,8 @@
 //!
 //! [`HollowDialer`] is the dialer edgemark gives each node: the node's own
 //! certificate (obtained once with the join token, a bounded number at a
-//! time, and kept on disk), then a WebSocket from a chosen local address,
+//! time, and kept on disk), then a WebSocket (or a QUIC connection on a
+//! UDP socket shared by the nodes) from a chosen local address,
 //! paced by a process-wide [`Pacer`].
 
 use std::net::IpAddr;
@@ -29,6 +30,7 @@ use kedge_transport::bootstrap::{BootstrapConfig, EdgeCredentials, ensure_certif
 use kedge_transport::limits::LinkLimits;
 use kedge_transport::link::Link;
 use kedge_transport::metrics::LinkMetrics;
+use kedge_transport::quic::SharedEndpoints;
 use kedge_transport::ws::{ConnectTarget, connect};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -39,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
 use crate::edgehub::backoff::Backoff;
-use crate::edgehub::{DialError, DialFuture, Dialer};
+use crate::edgehub::{DialError, DialFuture, Dialer, PrepareFuture};
 
 /// How a hollow node keeps its link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,9 +269,16 @@ impl HollowNode {
             None => Backoff::new(s.backoff_base, s.backoff_max),
         };
         loop {
-            let dialled = tokio::select! {
+            let prepared = tokio::select! {
                 () = shutdown.cancelled() => return,
-                dialled = tokio::time::timeout(s.dial_timeout, self.dialer.dial()) => dialled,
+                prepared = self.dialer.prepare() => prepared,
+            };
+            let dialled = match prepared {
+                Ok(()) => tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    dialled = tokio::time::timeout(s.dial_timeout, self.dialer.dial()) => dialled,
+                },
+                Err(error) => Ok(Err(error)),
             };
             match dialled {
                 Ok(Ok(link)) => {
@@ -384,6 +393,9 @@ pub struct HollowShared {
     pub limits: LinkLimits,
     /// The links' transport metrics.
     pub link_metrics: LinkMetrics,
+    /// Set when the nodes connect over QUIC, from these shared endpoints;
+    /// over WebSocket otherwise.
+    pub quic: Option<SharedEndpoints>,
 }
 
 impl HollowShared {
@@ -395,11 +407,20 @@ impl HollowShared {
             pacer: connect_rate.and_then(Pacer::new).map(Arc::new),
             limits: LinkLimits::client(),
             link_metrics: LinkMetrics::default(),
+            quic: None,
         }
+    }
+
+    /// The same, with every node connecting over QUIC, all links from one
+    /// local address sharing one UDP socket.
+    #[must_use]
+    pub fn over_quic(mut self) -> Self {
+        self.quic = Some(SharedEndpoints::default());
+        self
     }
 }
 
-/// Dials CloudHub over WebSocket as one hollow node: its certificate from
+/// Dials CloudHub over WebSocket (or QUIC) as one hollow node: its certificate from
 /// the files of `bootstrap` (requested with the join token when missing,
 /// once), then a connection from the target's local address.
 #[derive(Debug)]
@@ -458,6 +479,20 @@ impl HollowDialer {
 }
 
 impl Dialer for Arc<HollowDialer> {
+    /// The node's certificate (queueing for a slot to request it) and its
+    /// turn under the connection rate: with many nodes these queues are
+    /// long, and a dial's deadline must not run out in them.
+    fn prepare(&self) -> PrepareFuture {
+        let this = Arc::clone(self);
+        Box::pin(async move {
+            this.credentials().await?;
+            if let Some(pacer) = &this.shared.pacer {
+                pacer.wait().await;
+            }
+            Ok(())
+        })
+    }
+
     fn dial(&self) -> DialFuture {
         let this = Arc::clone(self);
         Box::pin(async move {
@@ -468,16 +503,15 @@ impl Dialer for Arc<HollowDialer> {
                     .map_err(|e| DialError::Certificates {
                         source: Box::new(e),
                     })?;
-            if let Some(pacer) = &this.shared.pacer {
-                pacer.wait().await;
-            }
-            connect(
-                &this.target,
+            let (tls, limits, metrics) = (
                 Arc::new(tls),
                 &this.shared.limits,
                 this.shared.link_metrics.clone(),
-            )
-            .await
+            );
+            match &this.shared.quic {
+                Some(endpoints) => endpoints.connect(&this.target, tls, limits, metrics).await,
+                None => connect(&this.target, tls, limits, metrics).await,
+            }
             .map_err(|e| DialError::Connect {
                 server: this.target.server.clone(),
                 source: Box::new(e),
@@ -514,7 +548,7 @@ mod tests {
 
     impl MemoryDialer {
         /// Prepares the next link and returns the cloud's end of it.
-        fn prepare(&self) -> Link {
+        fn next_link(&self) -> Link {
             let (cloud, edge) = memory_pair(peer("hollow-0"), peer("cloud"), 8);
             self.edges.lock().expect("links").push_back(edge);
             cloud
@@ -561,7 +595,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hollow_node_keeps_alive_acks_and_reconnects() {
         let dialer = Arc::new(MemoryDialer::default());
-        let mut cloud = dialer.prepare();
+        let mut cloud = dialer.next_link();
         let metrics = HollowMetrics::default();
         let node = HollowNode::new(
             "hollow-0",
@@ -609,7 +643,7 @@ mod tests {
         }
         assert_eq!(metrics.connected.get(), 0);
         assert!(metrics.dial_failures.get() >= 1);
-        let mut cloud = dialer.prepare();
+        let mut cloud = dialer.next_link();
         let again = next(&mut cloud).await;
         assert_eq!(again.router.operation, "keepalive");
         assert_eq!(metrics.connects.get(), 2);

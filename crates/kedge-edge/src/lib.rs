@@ -8,13 +8,18 @@
 //! `modules.<name>.enable` field of edgecore.yaml.
 //!
 //! [`EdgeCore`] describes the binary to [`kedge_runtime::component::main`].
-//! EdgeHub ([`edgehub`]) is implemented. Each other module is registered as
+//! EdgeHub ([`edgehub`]), MetaManager with its MetaServer
+//! ([`metamanager`]) and edged ([`edged`]) are implemented. Each other
+//! module is registered as
 //! a [`PendingModule`] until its implementation lands: it takes part in
 //! start-up, readiness and shutdown, and answers every message with an
 //! error saying it has no handler yet.
 
+pub mod edged;
 pub mod edgehub;
 pub mod hollow;
+pub mod hollow_edgecore;
+pub mod metamanager;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -71,6 +76,12 @@ impl Component for EdgeCore {
         for (name, group, enabled) in modules(config) {
             if name == module::EDGE_HUB {
                 builder.register(edge_hub(config, registry), enabled)?;
+            } else if name == module::EDGED {
+                let settings = edged::EdgedSettings::from_config(config);
+                builder.register(edged::Edged::new(settings), enabled)?;
+            } else if name == module::META_MANAGER {
+                let settings = metamanager::MetaManagerSettings::from_config(config);
+                builder.register(metamanager::MetaManager::new(settings), enabled)?;
             } else {
                 builder.register(PendingModule::new(name, group), enabled)?;
             }
@@ -147,6 +158,7 @@ mod tests {
         let bus = builder.build(&mut Registry::default());
         let handle = bus.handle();
         assert!(handle.has_module("websocket"));
+        assert!(handle.has_module("metamanager"));
         assert!(handle.has_module("servicebus"));
         assert!(!handle.has_module("edgestream"));
     }

@@ -3,8 +3,11 @@
 
 use crate::{Message, content, group, module, operation, resource, resource_type};
 
-/// Whether a cloud-internal downstream message (resource still carrying
-/// `node/<node>/`) must be resent until the edge acknowledges it.
+/// Whether a downstream message must be resent until the edge
+/// acknowledges it. The resource may be the cloud-internal form
+/// (`node/<node>/<ns>/<type>/…`) or the form the edge sees
+/// (`<ns>/<type>/…`, after CloudHub trimmed it): both give the same
+/// answer.
 ///
 /// Everything is ACK mode except: pod lists, membership, cloud twin updates
 /// and service account tokens; CSI and application replies; the user group;
@@ -36,7 +39,12 @@ fn no_ack(msg: &Message) -> bool {
         return true;
     }
     if route.source == module::EDGE_CONTROLLER {
-        let kind = resource::cloud_resource_type(res).unwrap_or_default();
+        let kind = if res.starts_with("node/") {
+            resource::cloud_resource_type(res)
+        } else {
+            resource::EdgeResource::parse(res).map(|r| r.resource_type)
+        }
+        .unwrap_or_default();
         return matches!(
             kind,
             resource_type::NODE
@@ -56,6 +64,34 @@ mod tests {
 
     fn msg(source: &str, grp: &str, op: &str, res: &str, content: Value) -> Message {
         Message::new(source, grp, op, res, content)
+    }
+
+    #[test]
+    fn the_trimmed_form_is_classified_as_the_cloud_form() {
+        for (res, ack) in [
+            ("default/node/n1", false),
+            ("kube-node-lease/lease/n1", false),
+            ("default/nodepatch/n1", false),
+            ("default/podpatch/p", false),
+            ("default/configmap/c", true),
+        ] {
+            let reply = msg(
+                "edgecontroller",
+                "resource",
+                "response",
+                res,
+                json!({"kind": "X"}),
+            );
+            let cloud = msg(
+                "edgecontroller",
+                "resource",
+                "response",
+                &format!("node/n1/{res}"),
+                json!({"kind": "X"}),
+            );
+            assert_eq!(needs_ack(&reply), ack, "{res}");
+            assert_eq!(needs_ack(&cloud), ack, "node/n1/{res}");
+        }
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! `etcd-server`) started on free ports with a temporary data directory and
 //! stopped when dropped.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -22,8 +23,38 @@ pub struct Etcd {
     _data: tempfile::TempDir,
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Test ports come from below Linux's default ephemeral range (32768–60999),
+/// so an outgoing connection's source port can never take one between the
+/// moment it is picked and the moment a server binds it.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// The next candidate port of this process; processes start at different
+/// offsets so that concurrent test binaries rarely try the same port.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A loopback port free for both TCP and UDP right now, never handed out
+/// twice by this process.
+pub fn free_port() -> std::io::Result<u16> {
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        (std::process::id() % u32::from(span)) as u16 + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let step = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let port = TEST_PORTS.start + step % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free loopback port left for tests",
+    ))
 }
 
 impl Etcd {

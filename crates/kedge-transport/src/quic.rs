@@ -40,6 +40,7 @@
 //!   Keep-alives every 10 s hold the connection open; 30 s of silence
 //!   ends it.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +85,12 @@ const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Silence after which a connection is dead, in milliseconds.
 const IDLE_TIMEOUT_MS: u32 = 30_000;
 
+/// Receive and send buffer asked for each UDP socket (the kernel caps it
+/// at `net.core.rmem_max` / `wmem_max`): one socket carries the packets
+/// of every connection of an endpoint, and the default of ~200 KiB
+/// overflows when thousands of them are busy at once.
+const UDP_BUFFER_BYTES: usize = 8 << 20;
+
 /// Bytes skipped per read when discarding an oversized frame.
 const SKIP_CHUNK: usize = 64 * 1024;
 
@@ -120,9 +127,16 @@ fn transport_config(server: bool) -> TransportConfig {
 /// A QUIC endpoint for [`serve`], bound to `address` (UDP), with `tls`
 /// (which must require client certificates and allow TLS 1.3) and the
 /// ALPN protocol [`ALPN`].
+///
+/// Its stateless-reset key is derived from `reset_secret`, which must be
+/// the same across restarts (cloudcore gives its CA key): a client whose
+/// connection the previous process held then gets a stateless reset it
+/// can verify for its next packet and reconnects at once, instead of
+/// waiting out the idle timeout.
 pub fn server_endpoint(
     address: SocketAddr,
     tls: &rustls::ServerConfig,
+    reset_secret: &[u8],
 ) -> Result<quinn::Endpoint, QuicSetupError> {
     let mut crypto = tls.clone();
     crypto.alpn_protocols = vec![ALPN.to_vec()];
@@ -131,8 +145,34 @@ pub fn server_endpoint(
     let crypto = QuicServerConfig::try_from(crypto).map_err(QuicSetupError::Tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config(true)));
-    quinn::Endpoint::server(config, address)
-        .map_err(|source| QuicSetupError::Bind { address, source })
+    let derive = |label: &[u8]| {
+        let mut seed = label.to_vec();
+        seed.extend_from_slice(reset_secret);
+        ring::digest::digest(&ring::digest::SHA256, &seed)
+    };
+    let reset_key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        derive(b"kedge quic stateless reset\0").as_ref(),
+    );
+    // Connection ids are checked against a key too: the same one across
+    // restarts, or a restarted endpoint would drop the packets it must
+    // answer with a reset as not its own.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&derive(b"kedge quic connection ids\0").as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let bind_error = |source| QuicSetupError::Bind { address, source };
+    let socket = bind_udp(address).map_err(bind_error)?;
+    quinn::Endpoint::new(
+        endpoint_config,
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_error)
 }
 
 /// Serves edge connections on `endpoint` (see [`server_endpoint`]) until
@@ -167,6 +207,11 @@ pub async fn serve(
     }
     connections.close().await;
     endpoint.close(VarInt::from_u32(CLOSE_NORMAL), b"server shutting down");
+    // Lets the connection closes reach the clients before the process
+    // ends, so that they reconnect at once.
+    if timeout(CLOSE_GRACE, endpoint.wait_idle()).await.is_err() {
+        debug!("the QUIC endpoint did not go idle in time");
+    }
 }
 
 /// What one server connection task needs.
@@ -450,16 +495,67 @@ pub async fn connect_quic(
     limits: &LinkLimits,
     metrics: LinkMetrics,
 ) -> Result<Link, ConnectError> {
-    let (endpoint, established, address) = target
+    let address = resolve(target).await?;
+    let endpoint = client_endpoint(target, local_address(target, address))?;
+    connect_from(&endpoint, target, tls, limits, metrics).await
+}
+
+/// QUIC client endpoints that many links share, one UDP socket per local
+/// address: edgemark holds tens of thousands of links this way, far below
+/// any open-file limit. Clones share the endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct SharedEndpoints {
+    endpoints: Arc<std::sync::Mutex<HashMap<IpAddr, quinn::Endpoint>>>,
+}
+
+impl SharedEndpoints {
+    /// Connects like [`connect_quic`], from the shared endpoint of the
+    /// target's local address (made on first use).
+    pub async fn connect(
+        &self,
+        target: &ConnectTarget,
+        tls: Arc<rustls::ClientConfig>,
+        limits: &LinkLimits,
+        metrics: LinkMetrics,
+    ) -> Result<Link, ConnectError> {
+        let address = resolve(target).await?;
+        let local = local_address(target, address);
+        let endpoint = {
+            let mut endpoints = self
+                .endpoints
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match endpoints.get(&local) {
+                Some(endpoint) => endpoint.clone(),
+                None => {
+                    let endpoint = client_endpoint(target, local)?;
+                    endpoints.insert(local, endpoint.clone());
+                    endpoint
+                }
+            }
+        };
+        connect_from(&endpoint, target, tls, limits, metrics).await
+    }
+}
+
+/// Connects from `endpoint` and hands the link its driver.
+async fn connect_from(
+    endpoint: &quinn::Endpoint,
+    target: &ConnectTarget,
+    tls: Arc<rustls::ClientConfig>,
+    limits: &LinkLimits,
+    metrics: LinkMetrics,
+) -> Result<Link, ConnectError> {
+    let (established, address) = target
         .within_timeout(
             limits.handshake_timeout,
-            client_handshake(target, &tls, limits),
+            client_handshake(endpoint, target, &tls, limits),
         )
         .await?;
     Ok(spawn_client(
         target,
         address,
-        established.split(limits, Some(endpoint)),
+        established.split(limits, Some(endpoint.clone())),
         Transport::Quic,
         limits,
         metrics,
@@ -467,12 +563,67 @@ pub async fn connect_quic(
     ))
 }
 
-/// Connects and completes the QUIC and header handshakes.
+/// The target's local address, or the unspecified address of the
+/// server address's family.
+fn local_address(target: &ConnectTarget, server: SocketAddr) -> IpAddr {
+    target.local_addr.unwrap_or(if server.is_ipv6() {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    })
+}
+
+/// A UDP socket bound to `address` with [`UDP_BUFFER_BYTES`] buffers
+/// (or what the kernel allows).
+fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: a smaller buffer still works, it only drops sooner.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    if address.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
+/// A client endpoint on an ephemeral UDP port of `local`.
+fn client_endpoint(target: &ConnectTarget, local: IpAddr) -> Result<quinn::Endpoint, ConnectError> {
+    let connect_error = |source| ConnectError::Connect {
+        server: target.server.clone(),
+        source,
+    };
+    let socket = bind_udp(SocketAddr::new(local, 0)).map_err(connect_error)?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(connect_error)
+}
+
+/// The server's first address.
+async fn resolve(target: &ConnectTarget) -> Result<SocketAddr, ConnectError> {
+    target
+        .resolve()
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| target.invalid("no address"))
+}
+
+/// Connects from `endpoint` and completes the QUIC and header handshakes.
 async fn client_handshake(
+    endpoint: &quinn::Endpoint,
     target: &ConnectTarget,
     tls: &rustls::ClientConfig,
     limits: &LinkLimits,
-) -> Result<(quinn::Endpoint, Established, SocketAddr), ConnectError> {
+) -> Result<(Established, SocketAddr), ConnectError> {
     // Validates the name before quinn sees it.
     target.tls_server_name()?;
     let server_name = target
@@ -480,23 +631,7 @@ async fn client_handshake(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let address = target
-        .resolve()
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| target.invalid("no address"))?;
-    let local = target.local_addr.unwrap_or(if address.is_ipv4() {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    });
-    let endpoint = quinn::Endpoint::client(SocketAddr::new(local, 0)).map_err(|source| {
-        ConnectError::Connect {
-            server: target.server.clone(),
-            source,
-        }
-    })?;
+    let address = resolve(target).await?;
 
     let mut crypto = tls.clone();
     crypto.alpn_protocols = vec![ALPN.to_vec()];
@@ -553,7 +688,7 @@ async fn client_handshake(
     };
     match reply.content.as_str() {
         Some(ACK) if reply.parent_id() == header.id() => {
-            Ok((endpoint, Established { conn, send, recv }, address))
+            Ok((Established { conn, send, recv }, address))
         }
         Some(NACK) => {
             // The server closes the connection with the status as code.
@@ -678,9 +813,12 @@ mod tests {
     };
 
     fn start_server(ca: &TestCa, limits: LinkLimits) -> Server {
-        let endpoint =
-            server_endpoint("127.0.0.1:0".parse().expect("address"), &ca.server_config())
-                .expect("endpoint");
+        let endpoint = server_endpoint(
+            "127.0.0.1:0".parse().expect("address"),
+            &ca.server_config(),
+            b"reset secret",
+        )
+        .expect("endpoint");
         let address = endpoint.local_addr().expect("address");
         Server::spawn(Transport::Quic, address, |tx, metrics, shutdown| {
             serve(endpoint, limits, metrics, tx, shutdown)
@@ -693,6 +831,54 @@ mod tests {
             .dial(node, ca.client_config(Some(&identity)))
             .await
             .expect("connected")
+    }
+
+    #[tokio::test]
+    async fn links_of_several_nodes_share_one_endpoint() {
+        let ca = TestCa::new("test CA");
+        let mut server = start_server(&ca, LinkLimits::default());
+        let shared = SharedEndpoints::default();
+        let mut edges = Vec::new();
+        for node in ["edge-1", "edge-2", "edge-3"] {
+            let identity = ca.client(&format!("system:node:{node}"));
+            let edge = shared
+                .connect(
+                    &server.target(node),
+                    ca.client_config(Some(&identity)),
+                    &unlimited(),
+                    LinkMetrics::default(),
+                )
+                .await
+                .expect("connected");
+            let cloud = server.next_link().await;
+            assert_eq!(cloud.peer.node_id, node);
+            edges.push((edge, cloud));
+        }
+        let ports: std::collections::BTreeSet<u16> = {
+            let endpoints = shared.endpoints.lock().expect("endpoints");
+            endpoints
+                .values()
+                .map(|e| e.local_addr().expect("bound").port())
+                .collect()
+        };
+        assert_eq!(ports.len(), 1, "one UDP socket for all links");
+        for (n, (edge, cloud)) in edges.iter_mut().enumerate() {
+            cloud.sender.send(app_message(n)).await.expect("sent");
+            let got = within("a message", edge.receiver.recv())
+                .await
+                .expect("message");
+            assert_eq!(got.content, Value::String(format!("status {n}")));
+        }
+        // Closing one link leaves the others and the shared socket up.
+        let (first, _) = edges.remove(0);
+        drop(first);
+        let (edge, cloud) = &mut edges[0];
+        cloud.sender.send(app_message(7)).await.expect("sent");
+        let got = within("a message after another link closed", edge.receiver.recv())
+            .await
+            .expect("message");
+        assert_eq!(got.content, Value::String("status 7".to_owned()));
+        server.stop().await;
     }
 
     #[tokio::test]
@@ -792,8 +978,12 @@ mod tests {
         node: &str,
     ) -> (quinn::Endpoint, Established) {
         let identity = ca.client(&format!("system:node:{node}"));
-        let (endpoint, established, _) = client_handshake(
-            &server.target(node),
+        let target = server.target(node);
+        let address = resolve(&target).await.expect("address");
+        let endpoint = client_endpoint(&target, local_address(&target, address)).expect("endpoint");
+        let (established, _) = client_handshake(
+            &endpoint,
+            &target,
             &ca.client_config(Some(&identity)),
             &unlimited(),
         )
@@ -948,6 +1138,92 @@ mod tests {
         })
         .await;
         server.stop().await;
+    }
+
+    /// A UDP forwarder from a port of its own to an upstream that can be
+    /// switched: what a client sees when the server on one port is
+    /// replaced by another process.
+    async fn switchable_forwarder(
+        upstream: SocketAddr,
+    ) -> (SocketAddr, Arc<std::sync::Mutex<SocketAddr>>) {
+        let front = Arc::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
+        let back = Arc::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
+        let address = front.local_addr().expect("address");
+        let target = Arc::new(std::sync::Mutex::new(upstream));
+        let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+        {
+            let (front, back, target, client) =
+                (front.clone(), back.clone(), target.clone(), client.clone());
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 65_536];
+                while let Ok((size, from)) = front.recv_from(&mut buffer).await {
+                    *client.lock().expect("client") = Some(from);
+                    let to = *target.lock().expect("target");
+                    let _ = back.send_to(&buffer[..size], to).await;
+                }
+            });
+        }
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 65_536];
+            while let Ok(size) = back.recv(&mut buffer).await {
+                let to = *client.lock().expect("client");
+                if let Some(to) = to {
+                    let _ = front.send_to(&buffer[..size], to).await;
+                }
+            }
+        });
+        (address, target)
+    }
+
+    #[tokio::test]
+    async fn a_restarted_server_resets_old_connections_at_once() {
+        let ca = TestCa::new("test CA");
+        let tls = ca.server_config();
+        let any_port = "127.0.0.1:0".parse().expect("address");
+        let first = server_endpoint(any_port, &tls, b"stable secret").expect("endpoint");
+        let (accepted_tx, mut accepted) = mpsc::channel(4);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(
+            first.clone(),
+            unlimited(),
+            LinkMetrics::default(),
+            accepted_tx,
+            shutdown.clone(),
+        ));
+        let (address, upstream) = switchable_forwarder(first.local_addr().expect("address")).await;
+        let identity = ca.client("system:node:edge-1");
+        let target = ConnectTarget::new(address.to_string(), "edge-1", "p");
+        let mut edge = connect_quic(
+            &target,
+            ca.client_config(Some(&identity)),
+            &unlimited(),
+            LinkMetrics::default(),
+        )
+        .await
+        .expect("connected");
+        let _cloud = within("the accepted link", accepted.recv()).await;
+
+        // The server "restarts": from now on a new endpoint with the same
+        // secret gets the edge's packets, and the old one says nothing.
+        let second = server_endpoint(any_port, &tls, b"stable secret").expect("endpoint");
+        *upstream.lock().expect("upstream") = second.local_addr().expect("address");
+
+        // The edge's next packet is answered with a stateless reset it can
+        // verify: the link ends now, not after the 30 s idle timeout.
+        edge.sender.send(app_message(1)).await.expect("queued");
+        assert_eq!(
+            within("the link to end on the reset", edge.receiver.recv()).await,
+            None
+        );
+        shutdown.cancel();
     }
 
     #[test]

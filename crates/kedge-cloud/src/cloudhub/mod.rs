@@ -261,7 +261,7 @@ impl Module for CloudHubModule {
                 port("quic.port", config.quic.port)?,
             );
             let tls = ca.server_config(&server, ClientAuth::Required)?;
-            let endpoint = quic::server_endpoint(address, &tls)?;
+            let endpoint = quic::server_endpoint(address, &tls, ca.key_der())?;
             tasks.spawn(quic::serve(
                 endpoint,
                 limits.clone(),

@@ -79,6 +79,7 @@ pub struct Acked {
 
 #[derive(Debug)]
 struct InFlight {
+    /// Its slot (see [`slot_key`]).
     key: String,
     message: Message,
     bytes: usize,
@@ -110,6 +111,19 @@ pub fn object_key(msg: &Message) -> String {
         .and_then(|uid| uid.as_str())
         .filter(|uid| !uid.is_empty())
         .map_or_else(|| msg.router.resource.clone(), str::to_owned)
+}
+
+/// The slot an ACK-mode message waits and flies in: its object's key, so
+/// that only the newest version of an object waits; but every reply (an
+/// object answering a node's query) has a slot of its own and is never
+/// dropped as stale, for the node is waiting for it (protocol.md §5.2:
+/// responses are always enqueued).
+fn slot_key(msg: &Message) -> String {
+    if msg.is_reply() {
+        format!("reply/{}", msg.id())
+    } else {
+        object_key(msg)
+    }
 }
 
 /// A resourceVersion as a number; KubeEdge compares them so too.
@@ -172,11 +186,12 @@ impl NodeQueue {
             self.fire_and_forget.push_back((msg, bytes));
             return Offered::Queued;
         }
-        let key = object_key(&msg);
+        let key = slot_key(&msg);
         let version = parse_version(&msg.header.resource_version);
         let deleting = is_delete(&msg);
         if let Some(version) = version
             && !deleting
+            && !msg.is_reply()
         {
             let newest_known = [
                 self.acked.get(&key).copied(),
@@ -287,14 +302,15 @@ impl NodeQueue {
         self.bytes -= sent.bytes;
         let deleted = is_delete(&sent.message);
         let resource_version = sent.message.header.resource_version.clone();
+        let key = object_key(&sent.message);
         if deleted {
-            self.acked.remove(&sent.key);
+            self.acked.remove(&key);
         } else if let Some(version) = parse_version(&resource_version) {
-            let known = self.acked.entry(sent.key.clone()).or_insert(version);
+            let known = self.acked.entry(key.clone()).or_insert(version);
             *known = (*known).max(version);
         }
         Some(Acked {
-            key: sent.key,
+            key,
             resource_version,
             deleted,
             message: sent.message,
@@ -463,6 +479,33 @@ mod tests {
         let mut q = NodeQueue::new(QueueLimits::default(), acked);
         assert_eq!(q.offer(object("a", "u1", 7)), Offered::Stale);
         assert_eq!(q.offer(object("a", "u1", 8)), Offered::Queued);
+    }
+
+    #[test]
+    fn a_reply_is_sent_although_the_node_holds_that_version() {
+        let acked = HashMap::from([("u1".to_owned(), 7)]);
+        let mut q = NodeQueue::new(QueueLimits::default(), acked);
+        let mut reply = object("a", "u1", 7).with_parent_id("query-1");
+        reply.router.operation = "response".into();
+        let second = {
+            let mut again = object("a", "u1", 7).with_parent_id("query-2");
+            again.router.operation = "response".into();
+            again
+        };
+        assert_eq!(q.offer(reply.clone()), Offered::Queued);
+        assert_eq!(
+            q.offer(second.clone()),
+            Offered::Queued,
+            "two queries, two replies"
+        );
+        let now = Instant::now();
+        let first_sent = q.next(now).expect("the first reply");
+        let second_sent = q.next(now).expect("the second reply");
+        assert_eq!(first_sent.id(), reply.id());
+        assert_eq!(second_sent.id(), second.id());
+        let acked = q.ack(reply.id()).expect("acknowledged");
+        assert_eq!(acked.key, "u1", "recorded for the object");
+        assert_eq!(q.acked_version("u1"), Some(7));
     }
 
     #[test]

@@ -13,9 +13,20 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// What [`Dialer::dial`] returns.
 pub type DialFuture = Pin<Box<dyn Future<Output = Result<Link, DialError>> + Send + 'static>>;
 
+/// What [`Dialer::prepare`] returns.
+pub type PrepareFuture = Pin<Box<dyn Future<Output = Result<(), DialError>> + Send + 'static>>;
+
 /// Opens links to the cloud. EdgeHub calls [`dial`](Self::dial) for every
 /// connection attempt and retries with backoff when it fails.
 pub trait Dialer: Send + Sync + 'static {
+    /// Waits until a dial may start: for a turn at shared resources (a
+    /// slot to request a certificate, a connection rate), which can take
+    /// long when many nodes share them. Callers do not count this wait
+    /// against a dial's deadline. By default there is nothing to wait for.
+    fn prepare(&self) -> PrepareFuture {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Opens a link to the cloud.
     fn dial(&self) -> DialFuture;
 }

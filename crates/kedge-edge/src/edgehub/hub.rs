@@ -107,14 +107,20 @@ impl Hub {
     /// shutdown.
     async fn dial(&mut self) -> Option<Result<Link, DialError>> {
         let timeout = self.settings.dial_timeout;
-        let attempt = tokio::time::timeout(timeout, self.dialer.dial());
+        // The dialer's own waiting (Dialer::prepare) is not part of the
+        // dial's deadline.
+        let dialer = self.dialer.clone();
+        let attempt = async move {
+            dialer.prepare().await?;
+            tokio::time::timeout(timeout, dialer.dial())
+                .await
+                .unwrap_or(Err(DialError::Timeout(timeout)))
+        };
         tokio::pin!(attempt);
         loop {
             tokio::select! {
                 biased;
-                result = &mut attempt => {
-                    return Some(result.unwrap_or(Err(DialError::Timeout(timeout))));
-                }
+                result = &mut attempt => return Some(result),
                 msg = self.ctx.recv() => match msg {
                     Some(msg) => self.offline(msg).await,
                     None => return None,

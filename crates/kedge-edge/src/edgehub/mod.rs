@@ -50,7 +50,7 @@ use kedge_bus::{Module, ModuleContext, ModuleError};
 use kedge_message::{group, module};
 
 pub use cloud_dialer::{CloudDialer, CloudTransport};
-pub use dialer::{BoxError, DialError, DialFuture, Dialer, UnavailableDialer};
+pub use dialer::{BoxError, DialError, DialFuture, Dialer, PrepareFuture, UnavailableDialer};
 pub use metrics::{DropReason, EdgeHubMetrics};
 
 use outbox::{Outbox, OutboxError};

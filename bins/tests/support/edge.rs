@@ -1,0 +1,80 @@
+//! A test's own edge node over the real link: it joins with the token,
+//! connects over WebSocket with its certificate, and reads what the cloud
+//! sends.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kedge_message::Message;
+use kedge_transport::bootstrap::{self, BootstrapConfig, EdgeCredentials};
+use kedge_transport::limits::LinkLimits;
+use kedge_transport::link::Link;
+use kedge_transport::metrics::LinkMetrics;
+use kedge_transport::ws::{self, ConnectError, ConnectTarget};
+
+use super::Cloud;
+
+/// How long one step may take.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+/// KubeEdge's default project id.
+pub const PROJECT: &str = "e632aba927ea4ac2b575ec1603d56f10";
+
+/// Where a test node keeps its certificates under `dir`, and how it asks
+/// for them.
+pub fn bootstrap_config(cloud: &Cloud, dir: &Path, node: &str, token: &str) -> BootstrapConfig {
+    let hub = cloud.config().modules.cloud_hub;
+    BootstrapConfig {
+        node_name: node.to_owned(),
+        server: format!("https://127.0.0.1:{}", hub.https.port),
+        token: token.to_owned(),
+        ca_file: dir.join("ca/rootCA.crt"),
+        cert_file: dir.join("certs/server.crt"),
+        key_file: dir.join("certs/server.key"),
+        request_timeout: Duration::from_secs(10),
+    }
+}
+
+/// `node`'s certificates, requested with the join token.
+pub async fn join(cloud: &Cloud, dir: &Path, node: &str) -> EdgeCredentials {
+    let token = cloud.join_token();
+    bootstrap::ensure_certificates(&bootstrap_config(cloud, dir, node, &token))
+        .await
+        .expect("the node joins with the token")
+}
+
+/// A WebSocket link to CloudHub as `node`, with `credentials`.
+pub async fn connect_as(
+    cloud: &Cloud,
+    credentials: &EdgeCredentials,
+    node: &str,
+) -> Result<Link, ConnectError> {
+    let port = cloud.config().modules.cloud_hub.websocket.port;
+    let target = ConnectTarget::new(format!("127.0.0.1:{port}"), node, PROJECT);
+    let tls = credentials.client_config().expect("client TLS");
+    ws::connect(
+        &target,
+        Arc::new(tls),
+        &LinkLimits::client(),
+        LinkMetrics::default(),
+    )
+    .await
+}
+
+/// The next message from the cloud, within the deadline.
+pub async fn next(link: &mut Link, what: &str) -> Message {
+    tokio::time::timeout(DEADLINE, link.receiver.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within {DEADLINE:?}"))
+        .unwrap_or_else(|| panic!("the link closed before {what}"))
+}
+
+/// Keeps `link` alive in the background.
+pub fn keep_alive(link: &Link) -> tokio::task::JoinHandle<()> {
+    let sender = link.sender.clone();
+    tokio::spawn(async move {
+        while sender.send(Message::keepalive()).await.is_ok() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    })
+}
