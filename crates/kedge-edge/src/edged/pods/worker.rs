@@ -439,20 +439,8 @@ impl PodWorker {
                 {
                     continue;
                 }
-                Some(ContainerState::Running | ContainerState::Created) => {
-                    acted |= self
-                        .sync_container(
-                            pod,
-                            container,
-                            &observed,
-                            &sandbox_id,
-                            &sandbox_config,
-                            &node,
-                        )
-                        .await?;
-                    init_done = false;
-                    break;
-                }
+                // Running, created, failed or not started yet: this init
+                // container is the one to work on.
                 _ => {
                     acted |= self
                         .sync_container(
