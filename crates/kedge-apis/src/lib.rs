@@ -40,4 +40,5 @@
 //! ```
 
 pub mod config;
+pub mod quantity;
 pub mod reliablesyncs;

@@ -31,7 +31,6 @@ pub mod informer;
 pub mod job;
 pub mod nodelifecycle;
 pub mod pods;
-pub mod quantity;
 pub mod replicaset;
 pub mod scheduler;
 pub mod statefulset;

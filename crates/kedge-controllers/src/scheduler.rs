@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Informers;
 use crate::informer::Cache;
-use crate::quantity::milli;
+use kedge_apis::quantity::millis;
 
 /// The name pods ask for to be scheduled by this scheduler.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
@@ -50,7 +50,7 @@ fn requests(pod: &Pod) -> (i128, i128) {
         spec.containers
             .iter()
             .filter_map(|c| c.resources.as_ref()?.requests.as_ref()?.get(name))
-            .filter_map(|q| milli(&q.0))
+            .filter_map(|q| millis(&q.0).map(i128::from))
             .sum()
     };
     (sum("cpu"), sum("memory"))
@@ -295,7 +295,7 @@ pub fn choose_sampled(
         let capacity = |resource: &str| {
             allocatable
                 .and_then(|a| a.get(resource))
-                .and_then(|q| milli(&q.0))
+                .and_then(|q| millis(&q.0).map(i128::from))
         };
         let (used_cpu, used_memory) = (used.cpu, used.memory);
         if let Some(max) = capacity("pods")

@@ -22,7 +22,6 @@ pub mod host;
 pub mod metaclient;
 pub mod node;
 pub mod pods;
-pub mod quantity;
 pub mod runtime;
 pub mod static_pods;
 
@@ -33,6 +32,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kedge_apis::config::edgecore::EdgeCoreConfig;
+use kedge_apis::quantity;
 use kedge_bus::{Module, ModuleContext, ModuleError};
 use kedge_message::resource::EdgeResource;
 use kedge_message::{Message, group, module, operation, resource_type};

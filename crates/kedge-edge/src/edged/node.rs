@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::host::HostFacts;
 use super::metaclient::{MetaClient, MetaError};
-use super::quantity;
 use super::runtime::Runtime;
+use kedge_apis::quantity;
 
 /// The label every edge node carries.
 pub const EDGE_ROLE_LABEL: &str = "node-role.kubernetes.io/edge";

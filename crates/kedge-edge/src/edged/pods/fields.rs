@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::{Pod, ResourceFieldSelector};
 
-use crate::edged::quantity;
+use kedge_apis::quantity;
 
 /// What only the node knows about a running pod.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

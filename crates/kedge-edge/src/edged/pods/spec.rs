@@ -15,12 +15,12 @@ use sha2::Digest;
 use super::fields::{self, NodeFields};
 use super::volumes::secret_data;
 use crate::edged::metaclient::{MetaClient, MetaError};
-use crate::edged::quantity;
 use crate::edged::runtime::{
     ContainerConfig, ContainerSecurity, DnsConfig, EnvVar, Labels, Mount, MountPropagation,
     NamespaceMode, NamespaceOptions, PortMapping, Protocol, Resources, SandboxConfig,
     SandboxMetadata, SandboxSecurity,
 };
+use kedge_apis::quantity;
 
 /// Label: the pod's uid, on sandboxes and containers.
 pub const POD_UID: &str = "io.kubernetes.pod.uid";

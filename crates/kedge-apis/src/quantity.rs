@@ -1,5 +1,6 @@
-//! Kubernetes resource quantities as edged reads them: CPU in millicores
-//! and memory or storage in bytes (`500m`, `2`, `128Mi`, `1G`, `1e3`).
+//! Kubernetes resource quantities as numbers: CPU in millicores and
+//! memory or storage in bytes (`500m`, `2`, `128Mi`, `1G`, `1e3`), for the
+//! scheduler and for edged.
 
 /// The value of `text` in units of 1/1000 (CPU millicores), rounded up;
 /// `None` if it is not a quantity.
