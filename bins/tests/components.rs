@@ -50,6 +50,7 @@ impl Binary {
                 config.modules.cloud_hub.enable = false;
                 config.modules.sync_controller.enable = false;
                 config.modules.edge_controller.enable = false;
+                config.modules.device_controller.enable = false;
                 config.to_yaml().expect("config serialises")
             }
             Self::EdgeCore => {

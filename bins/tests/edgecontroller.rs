@@ -11,43 +11,12 @@ mod support;
 use kedge_message::{Message, content::ObjectResp};
 use kedge_transport::link::Link;
 use serde_json::{Value, json};
-use support::edge::{DEADLINE, connect_as, join, keep_alive};
+use support::edge::{DEADLINE, connect_as, join, keep_alive, wait_for};
 use support::{Backend, Cloud};
 
 const NODE: &str = "edge-1";
 /// CloudHub's count of messages that named another node.
 const OTHER_NODE_REFUSALS: &str = "kedge_cloudhub_refused_total{reason=\"other_node\"}";
-
-/// Reads messages from the cloud, acknowledging every message that
-/// carries an object (replies included) as MetaManager would, until one satisfies `wanted`; the others are
-/// collected in `seen`.
-async fn wait_for(
-    link: &mut Link,
-    seen: &mut Vec<Message>,
-    what: &str,
-    wanted: impl Fn(&Message) -> bool,
-) -> Message {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let msg = tokio::time::timeout_at(deadline, link.receiver.recv())
-            .await
-            .unwrap_or_else(|_| {
-                let seen: Vec<String> = seen
-                    .iter()
-                    .map(|m| format!("{} {}", m.router.operation, m.router.resource))
-                    .collect();
-                panic!("no {what} within {DEADLINE:?}; seen: {seen:#?}")
-            })
-            .unwrap_or_else(|| panic!("the link closed before {what}"));
-        if !msg.header.resource_version.is_empty() {
-            link.sender.send(msg.ack()).await.expect("ack sent");
-        }
-        if wanted(&msg) {
-            return msg;
-        }
-        seen.push(msg);
-    }
-}
 
 /// Sends a request as edged would and waits for its reply.
 async fn request(

@@ -78,3 +78,34 @@ pub fn keep_alive(link: &Link) -> tokio::task::JoinHandle<()> {
         }
     })
 }
+
+/// Reads messages from the cloud, acknowledging every message that
+/// carries an object (replies included) as MetaManager would, until one
+/// satisfies `wanted`; the others are collected in `seen`.
+pub async fn wait_for(
+    link: &mut Link,
+    seen: &mut Vec<Message>,
+    what: &str,
+    wanted: impl Fn(&Message) -> bool,
+) -> Message {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, link.receiver.recv())
+            .await
+            .unwrap_or_else(|_| {
+                let seen: Vec<String> = seen
+                    .iter()
+                    .map(|m| format!("{} {}", m.router.operation, m.router.resource))
+                    .collect();
+                panic!("no {what} within {DEADLINE:?}; seen: {seen:#?}")
+            })
+            .unwrap_or_else(|| panic!("the link closed before {what}"));
+        if !msg.header.resource_version.is_empty() {
+            link.sender.send(msg.ack()).await.expect("ack sent");
+        }
+        if wanted(&msg) {
+            return msg;
+        }
+        seen.push(msg);
+    }
+}

@@ -21,7 +21,8 @@
 //! and the result is validated before it is returned.
 //!
 //! Beside `config`, [`reliablesyncs`] holds the ObjectSync and
-//! ClusterObjectSync custom resources; later issues add devices and rules.
+//! ClusterObjectSync custom resources, [`devices`] the DeviceModel and
+//! Device ones, and [`quantity`] reads Kubernetes quantities.
 //!
 //! ```no_run
 //! use kedge_apis::config::HostInfo;
@@ -40,5 +41,6 @@
 //! ```
 
 pub mod config;
+pub mod devices;
 pub mod quantity;
 pub mod reliablesyncs;

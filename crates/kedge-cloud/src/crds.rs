@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kedge_apis::devices::{device_definition, device_model_definition};
 use kedge_apis::reliablesyncs::{ClusterObjectSync, ObjectSync};
 use kube::CustomResourceExt;
 use kube::api::{Api, PostParams};
@@ -13,7 +14,12 @@ const ESTABLISH_WITHIN: Duration = Duration::from_secs(30);
 
 /// Every definition cloudcore installs.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
-    vec![ObjectSync::crd(), ClusterObjectSync::crd()]
+    vec![
+        ObjectSync::crd(),
+        ClusterObjectSync::crd(),
+        device_model_definition(),
+        device_definition(),
+    ]
 }
 
 /// Creates each of `definitions` that is missing, replaces one whose spec
@@ -54,4 +60,60 @@ pub async fn install(
             .map_err(|error| format!("cannot watch CRD {name}: {error}"))?;
     }
     Ok(())
+}
+
+/// Where each definition is shipped as a manifest, for clusters cloudcore
+/// attaches to (relative to the repository root; KubeEdge's file names).
+pub const MANIFESTS: [(&str, &str); 4] = [
+    (
+        "reliablesyncs.kubeedge.io",
+        "build/crds/reliablesyncs/objectsync_v1alpha1.yaml",
+    ),
+    (
+        "reliablesyncs.kubeedge.io",
+        "build/crds/reliablesyncs/cluster_objectsync_v1alpha1.yaml",
+    ),
+    (
+        "devices.kubeedge.io",
+        "build/crds/devices/devices_v1beta1_devicemodel.yaml",
+    ),
+    (
+        "devices.kubeedge.io",
+        "build/crds/devices/devices_v1beta1_device.yaml",
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn repository_root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    /// The shipped manifests are the Rust types' definitions. Run with
+    /// `KEDGE_WRITE_MANIFESTS=1` to write them after changing a type.
+    #[test]
+    fn shipped_manifests_match_the_rust_types() {
+        let write = std::env::var_os("KEDGE_WRITE_MANIFESTS").is_some();
+        for ((group, path), wanted) in MANIFESTS.iter().zip(definitions()) {
+            assert_eq!(&wanted.spec.group, group, "{path}");
+            let file = repository_root().join(path);
+            if write {
+                std::fs::create_dir_all(file.parent().expect("parent")).expect("directory");
+                let text = serde_saphyr::to_string(&wanted).expect("yaml");
+                std::fs::write(&file, text).expect("write manifest");
+            }
+            let text = std::fs::read_to_string(&file).unwrap_or_else(|error| {
+                panic!("{path}: {error}; run with KEDGE_WRITE_MANIFESTS=1")
+            });
+            let shipped: CustomResourceDefinition =
+                serde_saphyr::from_str(&text).unwrap_or_else(|error| panic!("{path}: {error}"));
+            assert_eq!(
+                shipped, wanted,
+                "{path} is stale: run with KEDGE_WRITE_MANIFESTS=1"
+            );
+        }
+    }
 }

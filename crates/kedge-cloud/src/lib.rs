@@ -18,6 +18,7 @@ pub mod cloudhub;
 pub mod cluster;
 pub mod controlplane;
 pub mod crds;
+pub mod devicecontroller;
 pub mod edgecontroller;
 pub mod synccontroller;
 
@@ -33,6 +34,7 @@ use kedge_runtime::component::Component;
 use cloudhub::objectsync::SyncRecords;
 use cloudhub::{CloudHubMetrics, CloudHubModule};
 use cluster::ClusterClient;
+use devicecontroller::{DeviceController, DeviceControllerMetrics};
 use edgecontroller::{EdgeController, EdgeControllerMetrics};
 use synccontroller::SyncController;
 
@@ -97,6 +99,16 @@ impl Component for CloudCore {
                         EdgeController::new(
                             cluster.clone(),
                             EdgeControllerMetrics::register(registry),
+                        ),
+                        enabled,
+                    )?;
+                }
+                module::DEVICE_CONTROLLER => {
+                    builder.register(
+                        DeviceController::new(
+                            cluster.clone(),
+                            records.clone(),
+                            DeviceControllerMetrics::register(registry),
                         ),
                         enabled,
                     )?;

@@ -273,6 +273,23 @@ impl SyncRecords {
         self.wake.notify_one();
     }
 
+    /// Moves `node`'s record of `uid` from resourceVersion `from` to `to`
+    /// if it stands at `from`: for a change the node has no use for (the
+    /// status of a Device, written from the node's own report), so that
+    /// the object is not sent back to it. Kept in memory only: after a
+    /// restart the node is sent the object once more.
+    pub fn advance(&self, node: &str, uid: &str, from: u64, to: u64) {
+        let mut state = self.state.lock().expect("records lock");
+        if let Some(record) = state
+            .nodes
+            .get_mut(node)
+            .and_then(|records| records.get_mut(uid))
+            .filter(|record| record.resource_version == from)
+        {
+            record.resource_version = to;
+        }
+    }
+
     /// Forgets a record whose object is gone from the node's view without a
     /// deletion acknowledged (its object was deleted while no record was
     /// acknowledged).

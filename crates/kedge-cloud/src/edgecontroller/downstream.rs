@@ -43,6 +43,17 @@ pub fn object_message<K: Resource<DynamicType = ()> + Serialize>(
     op: &str,
     object: &K,
 ) -> Option<Message> {
+    object_message_from(module::EDGE_CONTROLLER, node, resource_type, op, object)
+}
+
+/// The same from the cloud module `source`.
+pub fn object_message_from<K: Resource<DynamicType = ()> + Serialize>(
+    source: &str,
+    node: &str,
+    resource_type: &str,
+    op: &str,
+    object: &K,
+) -> Option<Message> {
     let resource = NodeResource::new(
         node,
         object.namespace().unwrap_or_default(),
@@ -52,7 +63,7 @@ pub fn object_message<K: Resource<DynamicType = ()> + Serialize>(
     .ok()?;
     Some(
         Message::new(
-            module::EDGE_CONTROLLER,
+            source,
             group::RESOURCE,
             op,
             resource.to_string(),
