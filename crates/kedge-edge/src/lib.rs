@@ -9,12 +9,14 @@
 //!
 //! [`EdgeCore`] describes the binary to [`kedge_runtime::component::main`].
 //! EdgeHub ([`edgehub`]), MetaManager with its MetaServer
-//! ([`metamanager`]) and edged ([`edged`]) are implemented. Each other
+//! ([`metamanager`]), edged ([`edged`]) and DeviceTwin ([`devicetwin`])
+//! are implemented. Each other
 //! module is registered as
 //! a [`PendingModule`] until its implementation lands: it takes part in
 //! start-up, readiness and shutdown, and answers every message with an
 //! error saying it has no handler yet.
 
+pub mod devicetwin;
 pub mod edged;
 pub mod edgehub;
 pub mod hollow;
@@ -79,6 +81,9 @@ impl Component for EdgeCore {
             } else if name == module::EDGED {
                 let settings = edged::EdgedSettings::from_config(config);
                 builder.register(edged::Edged::new(settings), enabled)?;
+            } else if name == module::DEVICE_TWIN {
+                let settings = devicetwin::DeviceTwinSettings::from_config(config);
+                builder.register(devicetwin::DeviceTwin::new(settings), enabled)?;
             } else if name == module::META_MANAGER {
                 let settings = metamanager::MetaManagerSettings::from_config(config);
                 builder.register(metamanager::MetaManager::new(settings), enabled)?;

@@ -1,0 +1,230 @@
+//! DeviceTwin (`twin`, group `twin`): the devices of this node and their
+//! twins, kept in edgecore's SQLite database (devices.md §3).
+//!
+//! * From the cloud (through EdgeHub): membership updates add and remove
+//!   devices ([`twins::Twins::membership`]).
+//! * From EventBus: requests published on `$hw/events/...` topics — twin
+//!   update and get, state update, membership get — answered on their
+//!   result topics ([`twins::Twins::on_topic`]); the message's resource is
+//!   the topic, base64url-encoded as KubeEdge's EventBus sends it, or
+//!   plain.
+//! * To the cloud: twin changes (`device/<id>/twin/edge_updated`) and
+//!   states (`device/<id>/state/update`), which EdgeHub keeps on disk
+//!   until the cloud acknowledges them.
+//!
+//! Device and model objects that MetaManager forwards are for the mappers
+//! (DMI), which are not built yet; they are stored by MetaManager.
+
+pub mod store;
+pub mod twins;
+pub mod types;
+
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use kedge_apis::config::edgecore::EdgeCoreConfig;
+use kedge_bus::{Module, ModuleContext, ModuleError};
+use kedge_message::{Message, group, module, now_millis, operation, resource_type, source};
+use serde_json::Value;
+
+use twins::{Output, Twins};
+use types::MembershipUpdate;
+
+/// What DeviceTwin needs from edgecore.yaml.
+#[derive(Debug, Clone)]
+pub struct DeviceTwinSettings {
+    /// This node's name.
+    pub node_name: String,
+    /// edgecore's SQLite database.
+    pub database_path: PathBuf,
+}
+
+impl DeviceTwinSettings {
+    /// The settings edgecore.yaml gives.
+    pub fn from_config(config: &EdgeCoreConfig) -> Self {
+        Self {
+            node_name: config
+                .modules
+                .edged
+                .tailored_kubelet_flag
+                .hostname_override
+                .clone(),
+            database_path: PathBuf::from(&config.database.data_source),
+        }
+    }
+}
+
+/// The DeviceTwin module.
+#[derive(Debug)]
+pub struct DeviceTwin {
+    settings: DeviceTwinSettings,
+}
+
+impl DeviceTwin {
+    /// DeviceTwin with `settings`.
+    pub fn new(settings: DeviceTwinSettings) -> Self {
+        Self { settings }
+    }
+}
+
+/// What an inbound message asks of DeviceTwin.
+#[derive(Debug, PartialEq)]
+enum Inbound {
+    /// A membership update from the cloud.
+    Membership(MembershipUpdate),
+    /// A request published on an MQTT topic.
+    Topic(String, Vec<u8>),
+    /// Nothing DeviceTwin acts on.
+    Ignored,
+}
+
+/// The MQTT topic a message from EventBus carries in its resource.
+fn topic_of(resource: &str) -> Option<String> {
+    if resource.starts_with("$hw/") {
+        return Some(resource.to_owned());
+    }
+    [
+        base64::engine::general_purpose::URL_SAFE,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ]
+    .iter()
+    .find_map(|engine| engine.decode(resource).ok())
+    .and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+/// The JSON of a message's content: an object, or a string of JSON.
+fn content_value(msg: &Message) -> Option<Value> {
+    match &msg.content {
+        Value::String(text) => serde_json::from_str(text).ok(),
+        other => Some(other.clone()),
+    }
+}
+
+fn classify(msg: &Message) -> Inbound {
+    let route = &msg.router;
+    if msg.is_reply() {
+        return Inbound::Ignored;
+    }
+    let from_cloud =
+        route.source == module::DEVICE_CONTROLLER || route.source == source::EDGE_MANAGER;
+    if from_cloud
+        && route.resource.ends_with(resource_type::MEMBERSHIP)
+        && let Some(update) = content_value(msg).and_then(|v| serde_json::from_value(v).ok())
+    {
+        return Inbound::Membership(update);
+    }
+    if (route.source == group::BUS || route.source == module::EVENT_BUS)
+        && let Some(topic) = topic_of(&route.resource)
+    {
+        return Inbound::Topic(topic, msg.content_data().into_owned());
+    }
+    Inbound::Ignored
+}
+
+impl Module for DeviceTwin {
+    fn name(&self) -> &str {
+        module::DEVICE_TWIN
+    }
+
+    fn group(&self) -> &str {
+        group::TWIN
+    }
+
+    async fn run(self, mut ctx: ModuleContext) -> Result<(), ModuleError> {
+        let settings = self.settings;
+        let mut twins =
+            Twins::open(&settings.node_name, &settings.database_path).map_err(|error| {
+                ModuleError::from(format!(
+                    "cannot open the device tables in {}: {error}",
+                    settings.database_path.display()
+                ))
+            })?;
+        ctx.set_ready();
+        let token = ctx.token().clone();
+        loop {
+            let msg = tokio::select! {
+                () = token.cancelled() => break,
+                msg = ctx.recv() => match msg {
+                    Some(msg) => msg,
+                    None => break,
+                },
+            };
+            let outputs = match classify(&msg) {
+                Inbound::Membership(update) => twins.membership(update, now_millis()),
+                Inbound::Topic(topic, body) => twins.on_topic(&topic, &body, now_millis()),
+                Inbound::Ignored => {
+                    tracing::debug!(
+                        source = %msg.router.source,
+                        resource = %msg.router.resource,
+                        "devicetwin: message not handled"
+                    );
+                    continue;
+                }
+            };
+            for output in outputs {
+                let (to, out) = match output {
+                    Output::Publish { topic, payload } => (
+                        module::EVENT_BUS,
+                        Message::new(
+                            module::DEVICE_TWIN,
+                            group::BUS,
+                            operation::PUBLISH,
+                            topic,
+                            Value::String(payload.to_string()),
+                        ),
+                    ),
+                    Output::ToCloud(msg) => (module::EDGE_HUB, *msg),
+                };
+                if let Err(error) = ctx.bus().send(to, out).await {
+                    tracing::debug!(%error, to, "devicetwin: message not handed on");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn messages_are_told_apart_by_source_and_resource() {
+        let membership = Message::new(
+            "devicecontroller",
+            "twin",
+            "update",
+            "membership",
+            json!({"added_devices": [{"id": "d1", "name": "d1"}], "removed_devices": null}),
+        );
+        assert!(matches!(classify(&membership), Inbound::Membership(_)));
+
+        let topic = "$hw/events/device/d1/twin/get";
+        let encoded = base64::engine::general_purpose::URL_SAFE.encode(topic);
+        let from_bus = Message::new(
+            "bus",
+            "user",
+            "response",
+            encoded,
+            Value::String(r#"{"event_id":"e"}"#.into()),
+        );
+        assert_eq!(
+            classify(&from_bus),
+            Inbound::Topic(topic.into(), br#"{"event_id":"e"}"#.to_vec())
+        );
+        let plain = Message::new("eventbus", "twin", "publish", topic, json!({}));
+        assert!(matches!(classify(&plain), Inbound::Topic(..)));
+
+        let reply = membership.ack();
+        assert_eq!(classify(&reply), Inbound::Ignored);
+        let device = Message::new(
+            "metamanager",
+            "twin",
+            "insert",
+            "default/device/d1",
+            json!({}),
+        );
+        assert_eq!(classify(&device), Inbound::Ignored);
+    }
+}
