@@ -14,6 +14,8 @@ packages=(
   curl
   iproute2             # ip netns and veth for network fault tests
   nftables             # packet loss and cuts inside those namespaces
+  mosquitto            # the MQTT broker EventBus uses in the device tests
+  mosquitto-clients    # mosquitto_pub and mosquitto_sub drive those tests
 )
 
 missing=()

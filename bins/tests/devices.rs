@@ -9,13 +9,19 @@
 //!   a twin report from the node shows in the Device's status and is
 //!   acknowledged; a report about another node's device is refused; a spec
 //!   or model change is sent again, a status change is not; moving the
-//!   device away removes it from the node.
+//!   device away removes it from the node;
+//! * with a real edgecore joined and its EventBus on a mosquitto broker,
+//!   mosquitto_pub and mosquitto_sub drive the twin: membership get lists the device,
+//!   a reported value is answered and shows in `kubectl get device`, twin
+//!   get answers, a differing desired value gives a delta, a bad value is
+//!   refused with 400.
 
 mod support;
 
 use kedge_message::Message;
 use serde_json::{Value, json};
 use support::edge::{connect_as, join, keep_alive, wait_for};
+use support::edgecore::EdgeCore;
 use support::{Backend, Cloud, metric};
 
 const NODE: &str = "edge-1";
@@ -372,5 +378,181 @@ async fn devices_reach_their_node_and_twin_reports_reach_the_device_status() {
         is_object(m, "delete", &format!("default/devicemodel/{MODEL}"))
     })
     .await;
+    cloud.stop().await;
+}
+
+/// A mosquitto broker on a loopback address, stopped when dropped.
+struct Mosquitto {
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto listening on `address` (`127.0.0.1:<port>`) and
+    /// waits until it accepts connections.
+    async fn start(address: &str) -> Self {
+        let (host, port) = address.split_once(':').expect("host:port");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!("listener {port} {host}\nallow_anonymous true\npersistence false\n"),
+        )
+        .expect("mosquitto.conf written");
+        let child = tokio::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("mosquitto runs (scripts/setup.sh installs it)");
+        let deadline = tokio::time::Instant::now() + support::DEADLINE;
+        while tokio::net::TcpStream::connect(address).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mosquitto does not listen on {address}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Self {
+            _child: child,
+            _dir: dir,
+        }
+    }
+}
+
+/// Publishes `payload(attempt)` on `topic` with mosquitto_pub until
+/// mosquitto_sub, subscribed to `result_topic`, receives one message;
+/// returns it as JSON. Publishing again covers the time mosquitto_sub
+/// takes to subscribe.
+async fn mqtt_request(
+    broker: &str,
+    topic: &str,
+    result_topic: &str,
+    payload: impl Fn(u32) -> String,
+) -> Value {
+    let (host, port) = broker.split_once(':').expect("host:port");
+    let sub = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", host, "-p", port, "-t", result_topic, "-C", "1"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub runs (scripts/setup.sh installs mosquitto-clients)");
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
+    let mut waiting = Box::pin(sub.wait_with_output());
+    for attempt in 0.. {
+        // A failed publish (the broker still starting) is tried again.
+        tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", host, "-p", port, "-t", topic, "-m", &payload(attempt)])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+            .expect("mosquitto_pub runs");
+        if let Ok(output) =
+            tokio::time::timeout(std::time::Duration::from_millis(300), &mut waiting).await
+        {
+            let output = output.expect("mosquitto_sub ends");
+            let text = String::from_utf8_lossy(&output.stdout);
+            return serde_json::from_str(text.trim())
+                .unwrap_or_else(|error| panic!("{result_topic}: {error}: {text:?}"));
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing on {result_topic} within {:?}",
+            support::DEADLINE
+        );
+    }
+    unreachable!("the loop returns or panics")
+}
+
+#[tokio::test]
+async fn mqtt_clients_drive_the_twin_and_reports_reach_the_device_status() {
+    const EDGE: &str = "edge-mqtt";
+    let cloud = Cloud::start(Backend::start(false).await).await;
+    cloud.ok_with_input(&["create", "-f", "-"], &model_manifest());
+    cloud.ok_with_input(&["create", "-f", "-"], &device_manifest(EDGE));
+    let edge = EdgeCore::start(&cloud, EDGE, None, |_| {});
+    let broker = edge.mqtt.clone();
+    let _mosquitto = Mosquitto::start(&broker).await;
+    let device_topic = format!("$hw/events/device/{DEVICE}");
+
+    // The device reaches the edge by membership: it is listed there.
+    let membership = format!("$hw/events/node/{EDGE}/membership/get");
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
+    loop {
+        let listed = mqtt_request(
+            &broker,
+            &membership,
+            &format!("{membership}/result"),
+            |_| r#"{"event_id":"m"}"#.to_owned(),
+        )
+        .await;
+        if listed["devices"]
+            .as_array()
+            .is_some_and(|devices| devices.iter().any(|d| d["id"] == DEVICE))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the device never reached the edge: {listed}\n{}",
+            edge.log()
+        );
+    }
+
+    // A reported value from a plain MQTT client: the result answers it,
+    // and kubectl shows it in the Device's status.
+    let update = format!("{device_topic}/twin/update");
+    let result = mqtt_request(&broker, &update, &format!("{update}/result"), |_| {
+        r#"{"event_id":"u1","twin":{"temperature":{"actual":{"value":"23"},"metadata":{"type":"int"}}}}"#
+            .to_owned()
+    })
+    .await;
+    assert_eq!(result["event_id"], "u1");
+    assert!(result.get("code").is_none(), "{result}");
+    cloud
+        .eventually(
+            &[
+                "get",
+                "device",
+                DEVICE,
+                "-o",
+                "jsonpath={.status.twins[0].reported.value}",
+            ],
+            |value| value == "23",
+        )
+        .await;
+
+    // twin/get answers with the stored twin.
+    let get = format!("{device_topic}/twin/get");
+    let got = mqtt_request(&broker, &get, &format!("{get}/result"), |_| {
+        r#"{"event_id":"g1"}"#.to_owned()
+    })
+    .await;
+    assert_eq!(got["event_id"], "g1");
+    assert_eq!(got["twin"]["temperature"]["actual"]["value"], "23");
+    assert_eq!(got["twin"]["temperature"]["metadata"]["type"], "int");
+
+    // A desired value that differs from the reported one: a delta.
+    let delta = mqtt_request(&broker, &update, &format!("{update}/delta"), |attempt| {
+        format!(
+            r#"{{"twin":{{"temperature":{{"expected":{{"value":"{}"}}}}}}}}"#,
+            30 + attempt
+        )
+    })
+    .await;
+    let wanted = delta["delta"]["temperature"].as_str().expect("delta value");
+    assert!(wanted.starts_with('3'), "{delta}");
+    assert_eq!(delta["twin"]["temperature"]["actual"]["value"], "23");
+
+    // A bad value is refused with KubeEdge's 400 and changes nothing.
+    let refused = mqtt_request(&broker, &update, &format!("{update}/result"), |_| {
+        r#"{"event_id":"bad","twin":{"temperature":{"actual":{"value":"warm"}}}}"#.to_owned()
+    })
+    .await;
+    assert_eq!(refused["code"], 400, "{refused}");
+    let got = mqtt_request(&broker, &get, &format!("{get}/result"), |_| "{}".to_owned()).await;
+    assert_eq!(got["twin"]["temperature"]["actual"]["value"], "23");
     cloud.stop().await;
 }

@@ -18,6 +18,9 @@ pub struct EdgeCore {
     pub monitor: String,
     /// The MetaServer's address.
     pub meta_server: String,
+    /// The address of the MQTT broker EventBus uses (nothing runs there
+    /// unless the test starts a broker).
+    pub mqtt: String,
 }
 
 /// The CRI socket of the private containerd the test scripts start
@@ -60,7 +63,9 @@ impl EdgeCore {
         let at = |file: &str| dir.path().join(file).to_string_lossy().into_owned();
         let monitor = format!("127.0.0.1:{}", free_port());
         let meta_server = format!("127.0.0.1:{}", free_port());
+        let mqtt = format!("127.0.0.1:{}", free_port());
         config.monitor_server.bind_address = monitor.clone();
+        config.modules.event_bus.mqtt_server_external = format!("tcp://{mqtt}");
         config.database.data_source = at("edgecore.db");
         let hub = cloud.config().modules.cloud_hub;
         let edge_hub = &mut config.modules.edge_hub;
@@ -97,6 +102,7 @@ impl EdgeCore {
             name: name.to_owned(),
             monitor,
             meta_server,
+            mqtt,
         };
         edge.spawn();
         edge

@@ -9,8 +9,8 @@
 //!
 //! [`EdgeCore`] describes the binary to [`kedge_runtime::component::main`].
 //! EdgeHub ([`edgehub`]), MetaManager with its MetaServer
-//! ([`metamanager`]), edged ([`edged`]) and DeviceTwin ([`devicetwin`])
-//! are implemented. Each other
+//! ([`metamanager`]), edged ([`edged`]), DeviceTwin ([`devicetwin`]) and
+//! EventBus ([`eventbus`]) are implemented. Each other
 //! module is registered as
 //! a [`PendingModule`] until its implementation lands: it takes part in
 //! start-up, readiness and shutdown, and answers every message with an
@@ -19,6 +19,7 @@
 pub mod devicetwin;
 pub mod edged;
 pub mod edgehub;
+pub mod eventbus;
 pub mod hollow;
 pub mod hollow_edgecore;
 pub mod metamanager;
@@ -81,6 +82,8 @@ impl Component for EdgeCore {
             } else if name == module::EDGED {
                 let settings = edged::EdgedSettings::from_config(config);
                 builder.register(edged::Edged::new(settings), enabled)?;
+            } else if name == module::EVENT_BUS {
+                builder.register(eventbus::EventBus::from_config(config), enabled)?;
             } else if name == module::DEVICE_TWIN {
                 let settings = devicetwin::DeviceTwinSettings::from_config(config);
                 builder.register(devicetwin::DeviceTwin::new(settings), enabled)?;

@@ -12,8 +12,11 @@
 //!   states (`device/<id>/state/update`), which EdgeHub keeps on disk
 //!   until the cloud acknowledges them.
 //!
-//! Device and model objects that MetaManager forwards are for the mappers
-//! (DMI), which are not built yet; they are stored by MetaManager.
+//! A Device object that MetaManager forwards adds the device too (and its
+//! deletion removes it): the link delivers objects reliably, also to a
+//! node that was offline, while membership updates are sent once. Model
+//! objects, and the rest of each device, are for the mappers (DMI), which
+//! are not built yet; MetaManager stores them.
 
 pub mod store;
 pub mod twins;
@@ -112,6 +115,34 @@ fn classify(msg: &Message) -> Inbound {
         && let Some(update) = content_value(msg).and_then(|v| serde_json::from_value(v).ok())
     {
         return Inbound::Membership(update);
+    }
+    // A Device object (which, unlike membership, the link delivers
+    // reliably, also to a node that was offline) is a member too.
+    if route.source == module::META_MANAGER
+        && let Some(object) = kedge_message::resource::EdgeResource::parse(&route.resource)
+        && object.resource_type == resource_type::DEVICE
+        && let Some(name) = object.name
+    {
+        let member = types::MemberDevice {
+            id: name.to_owned(),
+            name: name.to_owned(),
+            description: msg
+                .content
+                .pointer("/metadata/labels/description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            ..types::MemberDevice::default()
+        };
+        let (added, removed) = if route.operation == operation::DELETE {
+            (None, Some(vec![member]))
+        } else {
+            (Some(vec![member]), None)
+        };
+        return Inbound::Membership(MembershipUpdate {
+            added_devices: added,
+            removed_devices: removed,
+        });
     }
     if (route.source == group::BUS || route.source == module::EVENT_BUS)
         && let Some(topic) = topic_of(&route.resource)
@@ -223,8 +254,29 @@ mod tests {
             "twin",
             "insert",
             "default/device/d1",
+            json!({"metadata": {"name": "d1", "labels": {"description": "demo"}}}),
+        );
+        let Inbound::Membership(update) = classify(&device) else {
+            panic!("a device object is a member");
+        };
+        let added = update.added_devices.expect("added");
+        assert_eq!(
+            (added[0].id.as_str(), added[0].description.as_str()),
+            ("d1", "demo")
+        );
+        let mut deleted = device.clone();
+        deleted.router.operation = "delete".into();
+        let Inbound::Membership(update) = classify(&deleted) else {
+            panic!("a deleted device object is removed");
+        };
+        assert!(update.removed_devices.is_some());
+        let model = Message::new(
+            "metamanager",
+            "twin",
+            "insert",
+            "default/devicemodel/m1",
             json!({}),
         );
-        assert_eq!(classify(&device), Inbound::Ignored);
+        assert_eq!(classify(&model), Inbound::Ignored);
     }
 }
