@@ -7,13 +7,14 @@
 //!   optional, attr_type, metadata)`, values as text and metadata and
 //!   versions as JSON, a deleted twin kept as a row of type `deleted`.
 //!
-//! A device's rows change in one transaction; deleting a device deletes
-//! its twins with it.
+//! A device's rows change in one transaction, which takes the write lock
+//! when it begins (MetaManager writes the same file); deleting a device
+//! deletes its twins with it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::types::{MemberDevice, MsgTwin, TwinValue, TypeMetadata, ValueMetadata};
 
@@ -135,7 +136,9 @@ impl TwinStore {
 
     /// Writes `device` (its row and every twin) in one transaction.
     pub fn save(&mut self, device: &StoredDevice) -> rusqlite::Result<()> {
-        let tx = self.connection.transaction()?;
+        let tx = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let d = &device.device;
         tx.execute(
             "INSERT INTO device (id, name, description, state, last_online)
@@ -172,7 +175,9 @@ impl TwinStore {
 
     /// Deletes device `id` and its twins in one transaction.
     pub fn delete(&mut self, id: &str) -> rusqlite::Result<()> {
-        let tx = self.connection.transaction()?;
+        let tx = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM device_twin WHERE deviceid = ?1", params![id])?;
         tx.execute("DELETE FROM device WHERE id = ?1", params![id])?;
         tx.commit()
@@ -225,5 +230,37 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM device_twin", [], |row| row.get(0))
             .expect("count");
         assert_eq!(twins, 0);
+    }
+
+    /// MetaManager and DeviceTwin write the same file from two
+    /// connections: neither write may fail with "database is locked".
+    #[test]
+    fn writes_beside_metamanager_wait_for_each_other() {
+        use crate::metamanager::store::{MetaStore, ObjectKey};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("edgecore.db");
+        let meta = MetaStore::open(&path).expect("meta store");
+        let mut twins = TwinStore::open(&path).expect("twin store");
+        let writer = std::thread::spawn(move || {
+            for i in 0..200 {
+                let key = ObjectKey::new("default", "device", format!("d{i}"));
+                let object = serde_json::json!({"metadata": {"name": format!("d{i}"),
+                    "resourceVersion": "1"}});
+                meta.put_object(&key, &object).expect("MetaManager write");
+            }
+        });
+        for i in 0..200 {
+            let device = StoredDevice {
+                device: MemberDevice {
+                    id: format!("d{i}"),
+                    name: format!("d{i}"),
+                    ..MemberDevice::default()
+                },
+                twins: BTreeMap::new(),
+            };
+            twins.save(&device).expect("DeviceTwin write");
+        }
+        writer.join().expect("writer thread");
+        assert_eq!(twins.load().expect("load").len(), 200);
     }
 }

@@ -500,8 +500,11 @@ impl MetaStore {
             revision,
             log,
         } = &mut *state;
+        // IMMEDIATE: the write lock from the start, so that another
+        // connection's write (DeviceTwin's) between this read and write
+        // makes it wait instead of failing with "database is locked".
         let tx = connection
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(self.sql("begin a transaction"))?;
         let previous: Option<Option<String>> = tx
             .query_row(
@@ -606,8 +609,11 @@ impl MetaStore {
             revision,
             log,
         } = &mut *state;
+        // IMMEDIATE: the write lock from the start, so that another
+        // connection's write (DeviceTwin's) between this read and write
+        // makes it wait instead of failing with "database is locked".
         let tx = connection
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(self.sql("begin a transaction"))?;
         let stored: Option<Option<String>> = tx
             .query_row(
