@@ -20,7 +20,7 @@ mod support;
 
 use kedge_message::Message;
 use serde_json::{Value, json};
-use support::edge::{connect_as, join, keep_alive, wait_for};
+use support::edge::{connect_as, is_object, join, keep_alive, wait_for};
 use support::edgecore::EdgeCore;
 use support::mqtt::Mosquitto;
 use support::{Backend, Cloud, metric};
@@ -198,10 +198,6 @@ async fn device_models_and_devices_are_created_updated_and_deleted_with_kubectl(
     cloud.ok(&["delete", "devicemodel", MODEL]);
     cloud.ok(&["delete", "devicemodel", MODEL, "--ignore-not-found"]);
     cloud.stop().await;
-}
-
-fn is_object(msg: &Message, operation: &str, resource: &str) -> bool {
-    msg.router.operation == operation && msg.router.resource == resource && !msg.is_reply()
 }
 
 fn is_membership(msg: &Message, list: &str) -> bool {

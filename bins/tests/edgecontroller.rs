@@ -11,7 +11,7 @@ mod support;
 use kedge_message::{Message, content::ObjectResp};
 use kedge_transport::link::Link;
 use serde_json::{Value, json};
-use support::edge::{DEADLINE, connect_as, join, keep_alive, wait_for};
+use support::edge::{DEADLINE, connect_as, is_object, join, keep_alive, wait_for};
 use support::{Backend, Cloud};
 
 const NODE: &str = "edge-1";
@@ -36,10 +36,6 @@ async fn request(
         |m| m.parent_id() == id,
     )
     .await
-}
-
-fn is(msg: &Message, operation: &str, resource: &str) -> bool {
-    msg.router.operation == operation && msg.router.resource == resource && !msg.is_reply()
 }
 
 fn object_of(reply: &Message) -> Value {
@@ -167,7 +163,7 @@ async fn an_edge_node_registers_receives_its_pods_and_reports_their_status() {
     })
     .await;
     let pod = wait_for(&mut link, &mut seen, "the pod", |m| {
-        is(m, "insert", "default/pod/web")
+        is_object(m, "insert", "default/pod/web")
     })
     .await;
     assert_eq!(pod.router.source, "edgecontroller");
@@ -210,7 +206,8 @@ async fn an_edge_node_registers_receives_its_pods_and_reports_their_status() {
         r#"{"data":{"greeting":"bonjour"}}"#,
     ]);
     let changed = wait_for(&mut link, &mut seen, "the changed configmap", |m| {
-        is(m, "update", "default/configmap/cfg") && m.content["data"]["greeting"] == "bonjour"
+        is_object(m, "update", "default/configmap/cfg")
+            && m.content["data"]["greeting"] == "bonjour"
     })
     .await;
     assert!(!changed.header.resource_version.is_empty());
@@ -254,9 +251,12 @@ async fn an_edge_node_registers_receives_its_pods_and_reports_their_status() {
     .await;
     assert_eq!(reply.content, "OK");
     // The deletion may arrive before the reply to the request that caused it.
-    if !seen.iter().any(|m| is(m, "delete", "default/pod/web")) {
+    if !seen
+        .iter()
+        .any(|m| is_object(m, "delete", "default/pod/web"))
+    {
         wait_for(&mut link, &mut seen, "the pod's deletion", |m| {
-            is(m, "delete", "default/pod/web")
+            is_object(m, "delete", "default/pod/web")
         })
         .await;
     }

@@ -109,3 +109,8 @@ pub async fn wait_for(
         seen.push(msg);
     }
 }
+
+/// Whether `msg` is a request (not a reply) with `operation` on `resource`.
+pub fn is_object(msg: &Message, operation: &str, resource: &str) -> bool {
+    msg.router.operation == operation && msg.router.resource == resource && !msg.is_reply()
+}

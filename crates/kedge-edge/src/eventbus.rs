@@ -239,15 +239,7 @@ impl Module for EventBus {
             clients.push(client);
         }
         ctx.set_ready();
-        let token = ctx.token().clone();
-        loop {
-            let msg = tokio::select! {
-                () = token.cancelled() => break,
-                msg = ctx.recv() => match msg {
-                    Some(msg) => msg,
-                    None => break,
-                },
-            };
+        while let Some(msg) = ctx.recv().await {
             if msg.router.operation != operation::PUBLISH || msg.is_reply() {
                 tracing::debug!(
                     operation = %msg.router.operation,

@@ -108,14 +108,7 @@ impl Module for DeviceController {
         ctx.set_ready();
 
         let permits = Arc::new(Semaphore::new(REPORTS_IN_FLIGHT));
-        loop {
-            let msg = tokio::select! {
-                () = token.cancelled() => break,
-                msg = ctx.recv() => match msg {
-                    Some(msg) => msg,
-                    None => break,
-                },
-            };
+        while let Some(msg) = ctx.recv().await {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };

@@ -171,15 +171,7 @@ impl Module for DeviceTwin {
                 ))
             })?;
         ctx.set_ready();
-        let token = ctx.token().clone();
-        loop {
-            let msg = tokio::select! {
-                () = token.cancelled() => break,
-                msg = ctx.recv() => match msg {
-                    Some(msg) => msg,
-                    None => break,
-                },
-            };
+        while let Some(msg) = ctx.recv().await {
             let outputs = match classify(&msg) {
                 Inbound::Membership(update) => twins.membership(update, now_millis()),
                 Inbound::Topic(topic, body) => twins.on_topic(&topic, &body, now_millis()),
