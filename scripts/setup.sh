@@ -16,6 +16,8 @@ packages=(
   nftables             # packet loss and cuts inside those namespaces
   mosquitto            # the MQTT broker EventBus uses in the device tests
   mosquitto-clients    # mosquitto_pub and mosquitto_sub drive those tests
+  python3-pymodbus     # the Modbus TCP device of the mapper tests (pymodbus)
+  python3-serial-asyncio  # which pymodbus imports even for TCP (with pyserial)
 )
 
 missing=()

@@ -1,28 +1,36 @@
-//! Device benchmark: twin reports from the edge to Device status, with
-//! release builds of cloudcore and edgecore and a mosquitto broker on this
-//! machine. Prints the figures; asserts only that every step completes.
+//! Device benchmark: twin reports from a mapper to Device status, with
+//! release builds of cloudcore and edgecore on this machine. Prints the
+//! figures; asserts only that every step completes.
 //!
 //! ```sh
 //! cargo bench -p kedge-bins --bench devices
 //! ```
 //!
 //! `KEDGE_BENCH_DEVICES` (default 1000) Devices are bound to one edge
-//! node. The reports come over MQTT, as a mapper that publishes
-//! `$hw/events/device/<id>/twin/update` sends them (DMI mappers are not
-//! built yet): one client publishes one new reported value for every
-//! device at once (QoS 1), and the harness polls the Devices until every
-//! status shows it. Measured:
+//! node. The harness plays the mapper. `KEDGE_BENCH_REPORTS` says how it
+//! reports:
 //!
-//! * the time until the edge holds every device (membership);
+//! * `dmi` (the default): as a DMI mapper does, over edgecore's DMI socket
+//!   (`MapperRegister`, then one `ReportDeviceStatus` per device, 64 at a
+//!   time);
+//! * `mqtt`: as an MQTT mapper does, one QoS 1 publish per device on
+//!   `$hw/events/device/<id>/twin/update`, through a mosquitto broker.
+//!
+//! Measured:
+//!
+//! * the time until the edge holds every device (for `dmi`: until
+//!   `MapperRegister` hands the mapper every device; for `mqtt`: until
+//!   membership get lists every device);
 //! * edgecore's resident memory (VmRSS) with them, after a settling time;
-//! * per round of reports: the time from the first publish until every
+//! * per round of reports: the time from the first report until every
 //!   Device's `status.twins` shows the new value, and the reports per
 //!   second that makes.
 //!
 //! EdgeHub sends at most `messageQPS` messages a second to the cloud
 //! (KubeEdge's default, 30, burst 60), reports and acknowledgements
 //! alike, which bounds both figures. `KEDGE_BENCH_MESSAGE_QPS` sets it
-//! (and the burst) to measure what is behind that limit:
+//! (and the burst), and CloudHub's per-node limit (`nodeMessageQPS`, 100 by
+//! default) with it, to measure what is behind those limits:
 //!
 //! ```sh
 //! KEDGE_BENCH_MESSAGE_QPS=100000 cargo bench -p kedge-bins --bench devices
@@ -38,6 +46,8 @@ use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use kedge_apis::devices::Device;
+use kedge_dmi::v1beta1 as dmi;
+use kedge_dmi::v1beta1::device_manager_service_client::DeviceManagerServiceClient;
 use kube::api::{Api, ListParams, PostParams};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
@@ -45,11 +55,16 @@ use support::edgecore::EdgeCore;
 use support::mqtt::Mosquitto;
 use support::{Backend, Cloud, rss_kib};
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 const NODE: &str = "edge-bench";
 const MODEL: &str = "bench-model";
 const ROUNDS: u32 = 3;
 const CONCURRENT_CREATES: usize = 64;
+/// DMI reports in flight at once.
+const CONCURRENT_REPORTS: usize = 64;
+/// The protocol the devices name, and the harness registers for.
+const PROTOCOL: &str = "bench";
 const SETTLE: Duration = Duration::from_secs(10);
 const DEADLINE: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_millis(250);
@@ -89,7 +104,14 @@ async fn main() {
         .and_then(|v| v.parse().ok());
     let limit = message_qps.map_or("30 (default)".to_owned(), |qps| qps.to_string());
     println!("device benchmark: {count} devices on one edge node, EdgeHub messageQPS {limit}");
-    let cloud = Cloud::start(Backend::start(false).await).await;
+    let cloud = Cloud::start_with(Backend::start(false).await, |config| {
+        // The cloud's per-node limit follows, or it would drop the excess.
+        if let Some(qps) = message_qps {
+            config.modules.cloud_hub.node_message_qps = qps;
+            config.modules.cloud_hub.node_message_burst = qps;
+        }
+    })
+    .await;
     let client = cloud.client().await;
     cloud.ok_with_input(
         &["create", "-f", "-"],
@@ -110,6 +132,7 @@ async fn main() {
                     "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
                     "metadata": {"name": device_name(i), "namespace": "default"},
                     "spec": {"deviceModelRef": {"name": MODEL}, "nodeName": NODE,
+                        "protocol": {"protocolName": PROTOCOL},
                         "properties": [{"name": "temperature", "reportToCloud": true}]},
                 }))
                 .expect("device");
@@ -130,53 +153,16 @@ async fn main() {
             config.modules.edge_hub.message_burst = qps;
         }
     });
-    let _mosquitto = Mosquitto::start(&edge.mqtt).await;
-    let (host, port) = edge.mqtt.split_once(':').expect("host:port");
-    let mut options = MqttOptions::new("kedge-bench-mapper", host, port.parse().expect("port"));
-    options.set_keep_alive(Duration::from_secs(30));
-    // The membership list of every device is one large message.
-    options.set_max_packet_size(4 << 20, 4 << 20);
-    let (mqtt, mut events) = AsyncClient::new(options, count + 16);
-    let membership = format!("$hw/events/node/{NODE}/membership/get");
-    let (listed_tx, mut listed_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let body: serde_json::Value =
-                        serde_json::from_slice(&publish.payload).unwrap_or_default();
-                    let listed = body["devices"].as_array().map_or(0, Vec::len);
-                    if listed_tx.send(listed).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(POLL).await,
-            }
-        }
-    });
-    mqtt.subscribe(format!("{membership}/result"), QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-
-    // Membership: until the edge lists every device.
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        mqtt.publish(&membership, QoS::AtLeastOnce, false, "{}")
-            .await
-            .expect("publish");
-        if let Ok(Some(listed)) = tokio::time::timeout(POLL, listed_rx.recv()).await
-            && listed >= count
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the edge never held every device"
-        );
-    }
+    let mapper = match std::env::var("KEDGE_BENCH_REPORTS").as_deref() {
+        Ok("mqtt") => Reporter::mqtt(&edge, count).await,
+        Ok("dmi") | Err(_) => Reporter::dmi(&edge, count).await,
+        Ok(other) => panic!("KEDGE_BENCH_REPORTS is dmi or mqtt, not {other:?}"),
+    };
     let joined = started.elapsed();
-    println!("edge holds all {count} devices after {joined:.1?} (edgecore start included)");
+    println!(
+        "edge holds all {count} devices after {joined:.1?} (edgecore start included), reports over {}",
+        mapper.name()
+    );
     tokio::time::sleep(SETTLE).await;
     let rss = rss_kib(edge.pid().expect("edgecore runs"));
 
@@ -184,18 +170,7 @@ async fn main() {
     for round in 1..=ROUNDS {
         let value = (100 + round).to_string();
         let started = Instant::now();
-        for i in 0..count {
-            let payload = json!({"event_id": format!("r{round}-{i}"), "twin": {"temperature": {
-                "actual": {"value": value}, "metadata": {"type": "int"}}}});
-            mqtt.publish(
-                format!("$hw/events/device/{}/twin/update", device_name(i)),
-                QoS::AtLeastOnce,
-                false,
-                payload.to_string(),
-            )
-            .await
-            .expect("publish");
-        }
+        mapper.report_all(count, &value).await;
         loop {
             let done = reported(&devices)
                 .await
@@ -217,7 +192,10 @@ async fn main() {
     }
 
     println!();
-    println!("| device benchmark, {count} devices on one node, messageQPS {limit} | |");
+    println!(
+        "| device benchmark, {count} devices on one node, reports over {}, messageQPS {limit} | |",
+        mapper.name()
+    );
     println!("| --- | --- |");
     println!("| edge holds every device (edgecore start included) | {joined:.1?} |");
     println!(
@@ -230,5 +208,170 @@ async fn main() {
             round + 1,
             count as f64 / elapsed.as_secs_f64()
         );
+    }
+}
+
+/// The harness's mapper: how it learns that the edge holds every device,
+/// and how it reports.
+enum Reporter {
+    /// A DMI mapper: edgecore's DeviceManagerService.
+    Dmi(DeviceManagerServiceClient<Channel>),
+    /// An MQTT mapper, with the broker it publishes to (stopped when
+    /// dropped).
+    Mqtt {
+        client: AsyncClient,
+        _broker: Mosquitto,
+    },
+}
+
+impl Reporter {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Dmi(_) => "DMI",
+            Self::Mqtt { .. } => "MQTT",
+        }
+    }
+
+    /// Registers with edgecore's DMI socket until the answer carries every
+    /// device.
+    async fn dmi(edge: &EdgeCore, count: usize) -> Self {
+        let socket = edge.dir().join("dmi.sock");
+        let deadline = Instant::now() + DEADLINE;
+        let channel = loop {
+            if let Ok(channel) = kedge_dmi::socket::connect(&socket).await {
+                break channel;
+            }
+            assert!(Instant::now() < deadline, "edgecore never served DMI");
+            tokio::time::sleep(POLL).await;
+        };
+        let mut client = DeviceManagerServiceClient::new(channel);
+        loop {
+            let answer = client
+                .mapper_register(dmi::MapperRegisterRequest {
+                    with_data: true,
+                    mapper: Some(dmi::MapperInfo {
+                        name: "bench-mapper".into(),
+                        protocol: PROTOCOL.into(),
+                        address: edge
+                            .dir()
+                            .join("bench-mapper.sock")
+                            .into_os_string()
+                            .into_encoded_bytes(),
+                        ..dmi::MapperInfo::default()
+                    }),
+                })
+                .await
+                .expect("registered")
+                .into_inner();
+            if answer.device_list.len() >= count {
+                return Self::Dmi(client);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the edge never held every device"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Connects to a mosquitto broker EventBus uses, until membership get
+    /// lists every device.
+    async fn mqtt(edge: &EdgeCore, count: usize) -> Self {
+        let mosquitto = Mosquitto::start(&edge.mqtt).await;
+        let (host, port) = edge.mqtt.split_once(':').expect("host:port");
+        let mut options = MqttOptions::new("kedge-bench-mapper", host, port.parse().expect("port"));
+        options.set_keep_alive(Duration::from_secs(30));
+        // The membership list of every device is one large message.
+        options.set_max_packet_size(4 << 20, 4 << 20);
+        let (mqtt, mut events) = AsyncClient::new(options, count + 16);
+        let membership = format!("$hw/events/node/{NODE}/membership/get");
+        let (listed_tx, mut listed_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let body: serde_json::Value =
+                            serde_json::from_slice(&publish.payload).unwrap_or_default();
+                        let listed = body["devices"].as_array().map_or(0, Vec::len);
+                        if listed_tx.send(listed).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(POLL).await,
+                }
+            }
+        });
+        mqtt.subscribe(format!("{membership}/result"), QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            mqtt.publish(&membership, QoS::AtLeastOnce, false, "{}")
+                .await
+                .expect("publish");
+            if let Ok(Some(listed)) = tokio::time::timeout(POLL, listed_rx.recv()).await
+                && listed >= count
+            {
+                return Self::Mqtt {
+                    client: mqtt,
+                    _broker: mosquitto,
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the edge never held every device"
+            );
+        }
+    }
+
+    /// Reports `value` for every device's `temperature` once.
+    async fn report_all(&self, count: usize, value: &str) {
+        match self {
+            Self::Dmi(client) => {
+                stream::iter(0..count)
+                    .map(|i| {
+                        let mut client = client.clone();
+                        async move {
+                            let twin = dmi::Twin {
+                                property_name: "temperature".into(),
+                                reported: Some(dmi::TwinProperty {
+                                    value: value.to_owned(),
+                                    ..dmi::TwinProperty::default()
+                                }),
+                                observed_desired: None,
+                            };
+                            client
+                                .report_device_status(dmi::ReportDeviceStatusRequest {
+                                    device_name: device_name(i),
+                                    device_namespace: "default".into(),
+                                    reported_device: Some(dmi::DeviceStatus {
+                                        twins: vec![twin],
+                                        ..dmi::DeviceStatus::default()
+                                    }),
+                                })
+                                .await
+                                .expect("report accepted");
+                        }
+                    })
+                    .buffer_unordered(CONCURRENT_REPORTS)
+                    .collect::<Vec<()>>()
+                    .await;
+            }
+            Self::Mqtt { client: mqtt, .. } => {
+                for i in 0..count {
+                    let payload = json!({"event_id": format!("{value}-{i}"), "twin": {"temperature": {
+                        "actual": {"value": value}, "metadata": {"type": "int"}}}});
+                    mqtt.publish(
+                        format!("$hw/events/device/{}/twin/update", device_name(i)),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload.to_string(),
+                    )
+                    .await
+                    .expect("publish");
+                }
+            }
+        }
     }
 }

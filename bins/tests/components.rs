@@ -59,6 +59,8 @@ impl Binary {
                 config.monitor_server.bind_address = monitor.to_owned();
                 config.database.data_source =
                     dir.join("edgecore.db").to_string_lossy().into_owned();
+                // The embedded MQTT broker on a free port, not the fixed 1884.
+                config.modules.event_bus.mqtt_server_internal = format!("tcp://{}", free_address());
                 config.to_yaml().expect("config serialises")
             }
         }

@@ -22,7 +22,7 @@ use kedge_message::Message;
 use serde_json::{Value, json};
 use support::edge::{connect_as, is_object, join, keep_alive, wait_for};
 use support::edgecore::EdgeCore;
-use support::mqtt::Mosquitto;
+use support::mqtt::{self, Mosquitto};
 use support::{Backend, Cloud, metric};
 
 const NODE: &str = "edge-1";
@@ -378,50 +378,6 @@ async fn devices_reach_their_node_and_twin_reports_reach_the_device_status() {
     cloud.stop().await;
 }
 
-/// Publishes `payload(attempt)` on `topic` with mosquitto_pub until
-/// mosquitto_sub, subscribed to `result_topic`, receives one message;
-/// returns it as JSON. Publishing again covers the time mosquitto_sub
-/// takes to subscribe.
-async fn mqtt_request(
-    broker: &str,
-    topic: &str,
-    result_topic: &str,
-    payload: impl Fn(u32) -> String,
-) -> Value {
-    let (host, port) = broker.split_once(':').expect("host:port");
-    let sub = tokio::process::Command::new("mosquitto_sub")
-        .args(["-h", host, "-p", port, "-t", result_topic, "-C", "1"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("mosquitto_sub runs (scripts/setup.sh installs mosquitto-clients)");
-    let deadline = tokio::time::Instant::now() + support::DEADLINE;
-    let mut waiting = Box::pin(sub.wait_with_output());
-    for attempt in 0.. {
-        // A failed publish (the broker still starting) is tried again.
-        tokio::process::Command::new("mosquitto_pub")
-            .args(["-h", host, "-p", port, "-t", topic, "-m", &payload(attempt)])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await
-            .expect("mosquitto_pub runs");
-        if let Ok(output) =
-            tokio::time::timeout(std::time::Duration::from_millis(300), &mut waiting).await
-        {
-            let output = output.expect("mosquitto_sub ends");
-            let text = String::from_utf8_lossy(&output.stdout);
-            return serde_json::from_str(text.trim())
-                .unwrap_or_else(|error| panic!("{result_topic}: {error}: {text:?}"));
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing on {result_topic} within {:?}",
-            support::DEADLINE
-        );
-    }
-    unreachable!("the loop returns or panics")
-}
-
 #[tokio::test]
 async fn mqtt_clients_drive_the_twin_and_reports_reach_the_device_status() {
     const EDGE: &str = "edge-mqtt";
@@ -437,7 +393,7 @@ async fn mqtt_clients_drive_the_twin_and_reports_reach_the_device_status() {
     let membership = format!("$hw/events/node/{EDGE}/membership/get");
     let deadline = tokio::time::Instant::now() + support::DEADLINE;
     loop {
-        let listed = mqtt_request(
+        let listed = mqtt::request(
             &broker,
             &membership,
             &format!("{membership}/result"),
@@ -460,7 +416,7 @@ async fn mqtt_clients_drive_the_twin_and_reports_reach_the_device_status() {
     // A reported value from a plain MQTT client: the result answers it,
     // and kubectl shows it in the Device's status.
     let update = format!("{device_topic}/twin/update");
-    let result = mqtt_request(&broker, &update, &format!("{update}/result"), |_| {
+    let result = mqtt::request(&broker, &update, &format!("{update}/result"), |_| {
         r#"{"event_id":"u1","twin":{"temperature":{"actual":{"value":"23"},"metadata":{"type":"int"}}}}"#
             .to_owned()
     })
@@ -482,7 +438,7 @@ async fn mqtt_clients_drive_the_twin_and_reports_reach_the_device_status() {
 
     // twin/get answers with the stored twin.
     let get = format!("{device_topic}/twin/get");
-    let got = mqtt_request(&broker, &get, &format!("{get}/result"), |_| {
+    let got = mqtt::request(&broker, &get, &format!("{get}/result"), |_| {
         r#"{"event_id":"g1"}"#.to_owned()
     })
     .await;
@@ -491,7 +447,7 @@ async fn mqtt_clients_drive_the_twin_and_reports_reach_the_device_status() {
     assert_eq!(got["twin"]["temperature"]["metadata"]["type"], "int");
 
     // A desired value that differs from the reported one: a delta.
-    let delta = mqtt_request(&broker, &update, &format!("{update}/delta"), |attempt| {
+    let delta = mqtt::request(&broker, &update, &format!("{update}/delta"), |attempt| {
         format!(
             r#"{{"twin":{{"temperature":{{"expected":{{"value":"{}"}}}}}}}}"#,
             30 + attempt
@@ -503,12 +459,12 @@ async fn mqtt_clients_drive_the_twin_and_reports_reach_the_device_status() {
     assert_eq!(delta["twin"]["temperature"]["actual"]["value"], "23");
 
     // A bad value is refused with KubeEdge's 400 and changes nothing.
-    let refused = mqtt_request(&broker, &update, &format!("{update}/result"), |_| {
+    let refused = mqtt::request(&broker, &update, &format!("{update}/result"), |_| {
         r#"{"event_id":"bad","twin":{"temperature":{"actual":{"value":"warm"}}}}"#.to_owned()
     })
     .await;
     assert_eq!(refused["code"], 400, "{refused}");
-    let got = mqtt_request(&broker, &get, &format!("{get}/result"), |_| "{}".to_owned()).await;
+    let got = mqtt::request(&broker, &get, &format!("{get}/result"), |_| "{}".to_owned()).await;
     assert_eq!(got["twin"]["temperature"]["actual"]["value"], "23");
     cloud.stop().await;
 }

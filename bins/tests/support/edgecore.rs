@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use kedge_apis::config::edgecore::EdgeCoreConfig;
+use kedge_apis::config::edgecore::{EdgeCoreConfig, MqttMode};
 use tokio::process::Child;
 
 use super::{Cloud, DEADLINE, free_port, tail};
@@ -18,8 +18,9 @@ pub struct EdgeCore {
     pub monitor: String,
     /// The MetaServer's address.
     pub meta_server: String,
-    /// The address of the MQTT broker EventBus uses (nothing runs there
-    /// unless the test starts a broker).
+    /// The address of the MQTT broker EventBus uses: an external one
+    /// (nothing runs there unless the test starts a broker), or edgecore's
+    /// embedded one after [`embedded_broker`](Self::embedded_broker).
     pub mqtt: String,
 }
 
@@ -65,8 +66,12 @@ impl EdgeCore {
         let meta_server = format!("127.0.0.1:{}", free_port());
         let mqtt = format!("127.0.0.1:{}", free_port());
         config.monitor_server.bind_address = monitor.clone();
+        // An external broker on a free port, which the test starts (the
+        // default, an embedded broker on 1884, would collide across tests).
+        config.modules.event_bus.mqtt_mode = MqttMode::External;
         config.modules.event_bus.mqtt_server_external = format!("tcp://{mqtt}");
         config.database.data_source = at("edgecore.db");
+        config.modules.device_twin.dmi_sock_path = at("dmi.sock");
         let hub = cloud.config().modules.cloud_hub;
         let edge_hub = &mut config.modules.edge_hub;
         edge_hub.token = cloud.join_token();
@@ -106,6 +111,15 @@ impl EdgeCore {
         };
         edge.spawn();
         edge
+    }
+
+    /// For `adjust` of [`start`](Self::start): EventBus on the broker
+    /// edgecore embeds, listening at [`mqtt`](Self::mqtt) instead of an
+    /// external broker there.
+    pub fn embedded_broker(config: &mut EdgeCoreConfig) {
+        let bus = &mut config.modules.event_bus;
+        bus.mqtt_mode = MqttMode::Internal;
+        bus.mqtt_server_internal = bus.mqtt_server_external.clone();
     }
 
     fn spawn(&mut self) {

@@ -8,6 +8,7 @@ pub mod edge;
 pub mod edgecore;
 pub mod edgemark;
 pub mod hollow;
+pub mod modbus;
 pub mod mqtt;
 
 use std::path::{Path, PathBuf};

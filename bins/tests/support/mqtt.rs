@@ -26,17 +26,67 @@ impl Mosquitto {
             .kill_on_drop(true)
             .spawn()
             .expect("mosquitto runs (scripts/setup.sh installs it)");
-        let deadline = tokio::time::Instant::now() + super::DEADLINE;
-        while tokio::net::TcpStream::connect(address).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "mosquitto does not listen on {address}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        wait_until_listening(address, "mosquitto").await;
         Self {
             _child: child,
             _dir: dir,
         }
     }
+}
+
+/// Waits until `what` accepts connections at `address`, for at most
+/// [`super::DEADLINE`].
+pub async fn wait_until_listening(address: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + super::DEADLINE;
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} does not listen on {address}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes `payload(attempt)` on `topic` with mosquitto_pub to the
+/// broker at `address` until mosquitto_sub, subscribed to `result_topic`,
+/// receives one message; returns it as JSON. Publishing again covers the
+/// time mosquitto_sub takes to subscribe.
+pub async fn request(
+    address: &str,
+    topic: &str,
+    result_topic: &str,
+    payload: impl Fn(u32) -> String,
+) -> serde_json::Value {
+    let (host, port) = address.split_once(':').expect("host:port");
+    let sub = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", host, "-p", port, "-t", result_topic, "-C", "1"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub runs (scripts/setup.sh installs mosquitto-clients)");
+    let deadline = tokio::time::Instant::now() + super::DEADLINE;
+    let mut waiting = Box::pin(sub.wait_with_output());
+    for attempt in 0.. {
+        // A failed publish (the broker still starting) is tried again.
+        tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", host, "-p", port, "-t", topic, "-m", &payload(attempt)])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+            .expect("mosquitto_pub runs");
+        if let Ok(output) =
+            tokio::time::timeout(std::time::Duration::from_millis(300), &mut waiting).await
+        {
+            let output = output.expect("mosquitto_sub ends");
+            let text = String::from_utf8_lossy(&output.stdout);
+            return serde_json::from_str(text.trim())
+                .unwrap_or_else(|error| panic!("{result_topic}: {error}: {text:?}"));
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing on {result_topic} within {:?}",
+            super::DEADLINE
+        );
+    }
+    unreachable!("the loop returns or panics")
 }

@@ -86,9 +86,11 @@ fn defaults_follow_kubeedge() {
     assert_eq!(hub.reconnect_backoff_max, GoDuration::from_secs(30));
     assert_eq!(hub.outbox_file, "");
     assert_eq!(hub.outbox_capacity, 10_000);
+    assert_eq!(hub.outbox_resend_after, GoDuration::from_secs(10));
 
     let bus = &c.modules.event_bus;
-    assert_eq!(bus.mqtt_mode, MqttMode::External);
+    // Kedge embeds a broker by default; KubeEdge's default is External.
+    assert_eq!(bus.mqtt_mode, MqttMode::Internal);
     assert_eq!(bus.mqtt_server_external, "tcp://127.0.0.1:1883");
     assert_eq!(bus.mqtt_server_internal, "tcp://127.0.0.1:1884");
     let meta = &c.modules.meta_manager;
@@ -136,7 +138,7 @@ fn min_config_is_short_and_fills_the_rest_with_defaults() {
         "tailoredKubeletConfig:",
         "websocket:",
         "httpServer:",
-        "mqttMode: 2",
+        "mqttMode: 0",
         "token: \"\"",
     ] {
         assert!(yaml.contains(expected), "{expected:?} missing from\n{yaml}");
@@ -185,6 +187,9 @@ fn kubeedge_file_loads() {
     assert_eq!(hub.http_server, "https://10.0.0.5:10002");
     assert_eq!(hub.token, "0123456789abcdef.eyJhbGciOiJIUzI1NiJ9");
     assert_eq!(c.modules.event_bus.mqtt_mode, MqttMode::Internal);
+    // KubeEdge's default mode, written out, still selects the external broker.
+    let external = parse("modules:\n  eventBus:\n    mqttMode: 2\n").unwrap();
+    assert_eq!(external.modules.event_bus.mqtt_mode, MqttMode::External);
     let meta = &c.modules.meta_manager.meta_server;
     assert!(meta.enable);
     // Go writes nil slices as null.
@@ -386,7 +391,7 @@ fn exactly_one_cloud_transport() {
 fn edge_hub_reconnect_and_outbox_settings() {
     let c = parse(
         "modules:\n  edgeHub:\n    reconnectBackoffBase: 500ms\n    reconnectBackoffMax: 1m\n    \
-         outboxFile: /data/hub.db\n    outboxCapacity: 7\n",
+         outboxFile: /data/hub.db\n    outboxCapacity: 7\n    outboxResendAfter: 3s\n",
     )
     .unwrap();
     let hub = &c.modules.edge_hub;
@@ -394,14 +399,16 @@ fn edge_hub_reconnect_and_outbox_settings() {
     assert_eq!(hub.reconnect_backoff_max, GoDuration::from_mins(1));
     assert_eq!(hub.outbox_file, "/data/hub.db");
     assert_eq!(hub.outbox_capacity, 7);
+    assert_eq!(hub.outbox_resend_after, GoDuration::from_secs(3));
     assert_eq!(
         invalid_paths(
             "modules:\n  edgeHub:\n    reconnectBackoffBase: 0s\n    \
-             reconnectBackoffMax: 0s\n    outboxCapacity: 0\n"
+             reconnectBackoffMax: 0s\n    outboxCapacity: 0\n    outboxResendAfter: 0s\n"
         ),
         [
             "modules.edgeHub.reconnectBackoffBase",
-            "modules.edgeHub.outboxCapacity"
+            "modules.edgeHub.outboxCapacity",
+            "modules.edgeHub.outboxResendAfter"
         ]
     );
     assert_eq!(

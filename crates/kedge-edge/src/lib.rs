@@ -83,10 +83,17 @@ impl Component for EdgeCore {
                 let settings = edged::EdgedSettings::from_config(config);
                 builder.register(edged::Edged::new(settings), enabled)?;
             } else if name == module::EVENT_BUS {
-                builder.register(eventbus::EventBus::from_config(config), enabled)?;
+                // The embedded MQTT broker's metrics: kedge_eventbus_broker_*.
+                let metrics = eventbus::broker::BrokerMetrics::register(registry);
+                let event_bus = eventbus::EventBus::from_config(config).with_metrics(metrics);
+                builder.register(event_bus, enabled)?;
             } else if name == module::DEVICE_TWIN {
                 let settings = devicetwin::DeviceTwinSettings::from_config(config);
-                builder.register(devicetwin::DeviceTwin::new(settings), enabled)?;
+                let metrics = devicetwin::dmi::DmiMetrics::register(registry);
+                builder.register(
+                    devicetwin::DeviceTwin::new(settings).with_metrics(metrics),
+                    enabled,
+                )?;
             } else if name == module::META_MANAGER {
                 let settings = metamanager::MetaManagerSettings::from_config(config);
                 builder.register(metamanager::MetaManager::new(settings), enabled)?;
@@ -161,8 +168,11 @@ mod tests {
         let mut config = config();
         config.modules.service_bus.enable = true;
         let mut builder = BusBuilder::new(kedge_bus::BusConfig::default());
-        EdgeCore::register_modules(&mut builder, &config, &mut Registry::default())
-            .expect("modules register");
+        let mut registry = Registry::default();
+        EdgeCore::register_modules(&mut builder, &config, &mut registry).expect("modules register");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        assert!(text.contains("kedge_eventbus_broker_clients"), "{text}");
         let bus = builder.build(&mut Registry::default());
         let handle = bus.handle();
         assert!(handle.has_module("websocket"));

@@ -688,6 +688,48 @@ async fn online_reports_are_kept_until_answered() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_unanswered_report_is_resent_on_the_same_link() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let setup = Setup::new(&dir.path().join("edgehub.db"));
+    let resend_after = setup.settings.outbox_resend_after;
+    let mut h = setup.start();
+    let (_, mut cloud) = h.connected().await;
+    let report = pod_report("web", "Pending");
+    h.handle
+        .send("websocket", report.clone())
+        .await
+        .expect("queued");
+    assert_eq!(next_upstream(&mut cloud).await, report);
+    let first = Instant::now();
+
+    // The cloud drops it (say, over its rate limit): it comes again on
+    // the same link, with the same id, once `outboxResendAfter` passed.
+    assert_eq!(next_upstream(&mut cloud).await, report);
+    let waited = Instant::now() - first;
+    assert!(
+        waited >= resend_after && waited <= resend_after * 2,
+        "resent after {waited:?}"
+    );
+    assert_eq!(h.metrics.outbox_resent_count(), 1);
+
+    // Answered: it leaves the outbox and is not sent again.
+    cloud
+        .sender
+        .send(cloud_reply_to(&report))
+        .await
+        .expect("sent");
+    let metrics = h.metrics.clone();
+    eventually("the report to be acknowledged", || {
+        metrics.outbox_depth() == 0
+    })
+    .await;
+    tokio::time::sleep(resend_after * 3).await;
+    expect_nothing_before_marker(&h.handle, &mut cloud).await;
+    assert_eq!(h.metrics.outbox_resent_count(), 1);
+    h.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn only_the_newest_report_per_resource_is_delivered() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut setup = Setup::new(&dir.path().join("edgehub.db"));

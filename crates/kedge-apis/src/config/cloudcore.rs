@@ -201,6 +201,24 @@ pub struct CloudHub {
     /// `time.Duration` written as a bare number); must be greater than 0.
     /// Default 12.
     pub token_refresh_duration: i64,
+    /// Kedge only: messages per second accepted from each edge node; the
+    /// excess is dropped and counted (the edge resends what must not be
+    /// lost). Must be greater than 0. Default 100, above EdgeHub's
+    /// default `messageQPS` of 30.
+    #[serde(default = "default_node_message_qps", rename = "nodeMessageQPS")]
+    pub node_message_qps: i32,
+    /// Kedge only: messages accepted at once from an edge node after a
+    /// quiet time. Must be greater than 0. Default 200.
+    #[serde(default = "default_node_message_burst")]
+    pub node_message_burst: i32,
+}
+
+fn default_node_message_qps() -> i32 {
+    100
+}
+
+fn default_node_message_burst() -> i32 {
+    200
 }
 
 /// CloudHub's QUIC server.
@@ -842,6 +860,8 @@ impl CloudCoreConfig {
                     dns_names: vec![String::new()],
                     edge_cert_signing_duration: 365,
                     token_refresh_duration: 12,
+                    node_message_qps: default_node_message_qps(),
+                    node_message_burst: default_node_message_burst(),
                 },
                 edge_controller: EdgeController {
                     enable: true,
@@ -994,6 +1014,8 @@ impl CloudCoreConfig {
             v.positive("modules.cloudHub.nodeLimit", hub.node_limit);
             v.positive("modules.cloudHub.keepaliveInterval", hub.keepalive_interval);
             v.positive("modules.cloudHub.writeTimeout", hub.write_timeout);
+            v.positive("modules.cloudHub.nodeMessageQPS", hub.node_message_qps);
+            v.positive("modules.cloudHub.nodeMessageBurst", hub.node_message_burst);
             v.positive(
                 "modules.cloudHub.tokenRefreshDuration",
                 hub.token_refresh_duration,

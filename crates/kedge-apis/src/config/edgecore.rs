@@ -433,6 +433,12 @@ pub struct EdgeHub {
     /// 0. Default 10000.
     #[serde(default = "default_outbox_capacity")]
     pub outbox_capacity: i32,
+    /// Kedge only: how long a sent report waits for the cloud's answer
+    /// before it is sent again on the same connection (the cloud may have
+    /// dropped it, for example over its rate limit). Must be greater than
+    /// 0. Default `10s`.
+    #[serde(default = "default_outbox_resend_after")]
+    pub outbox_resend_after: GoDuration,
 }
 
 fn default_reconnect_backoff_base() -> GoDuration {
@@ -445,6 +451,10 @@ fn default_reconnect_backoff_max() -> GoDuration {
 
 fn default_outbox_capacity() -> i32 {
     10_000
+}
+
+fn default_outbox_resend_after() -> GoDuration {
+    GoDuration::from_secs(10)
 }
 
 /// EdgeHub's QUIC transport.
@@ -515,11 +525,13 @@ impl EdgeHub {
             reconnect_backoff_max: default_reconnect_backoff_max(),
             outbox_file: String::new(),
             outbox_capacity: default_outbox_capacity(),
+            outbox_resend_after: default_outbox_resend_after(),
         }
     }
 }
 
-/// EventBus: the MQTT client.
+/// EventBus: edgecore's MQTT side, with the embedded broker or as a
+/// client of an external one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventBus {
@@ -530,10 +542,11 @@ pub struct EventBus {
     pub mqtt_qos: u8,
     /// Ask the broker to retain published messages. Default `false`.
     pub mqtt_retain: bool,
-    /// Size of the session queue; must be greater than 0. Default 100.
+    /// Size of the session queue: the messages the embedded broker queues
+    /// for one client; must be greater than 0. Default 100.
     pub mqtt_session_queue_size: i32,
-    /// URL of the internal (embedded) broker. Default
-    /// `tcp://127.0.0.1:1884`.
+    /// Where the embedded broker listens (modes 0 and 1). Default
+    /// `tcp://127.0.0.1:1884`, loopback only.
     pub mqtt_server_internal: String,
     /// URL of the external broker. Default `tcp://127.0.0.1:1883`.
     pub mqtt_server_external: String,
@@ -543,11 +556,17 @@ pub struct EventBus {
     /// Client ID of the publisher. Default empty.
     #[serde(rename = "mqttPubClientID")]
     pub mqtt_pub_client_id: String,
-    /// Broker user name. Default empty.
+    /// Broker user name: presented to the external broker and, when not
+    /// empty, required by the embedded one (Kedge only; KubeEdge's embedded
+    /// broker admits anyone). Default empty.
     pub mqtt_username: String,
-    /// Broker password. Default empty.
+    /// Broker password, with `mqttUsername`. Default empty.
     pub mqtt_password: String,
-    /// Which brokers are used. Default `2` (external only).
+    /// Which brokers are used. Default `0`: the broker embedded in
+    /// edgecore only. KubeEdge's default is `2` (an external broker
+    /// only); Kedge embeds a broker by default so that a node needs no
+    /// MQTT broker of its own; set `2` to keep using one such as
+    /// mosquitto.
     pub mqtt_mode: MqttMode,
     /// TLS towards the broker.
     #[serde(rename = "eventBusTLS")]
@@ -567,20 +586,22 @@ impl Default for EventBus {
             mqtt_pub_client_id: String::new(),
             mqtt_username: String::new(),
             mqtt_password: String::new(),
-            mqtt_mode: MqttMode::External,
+            mqtt_mode: MqttMode::Internal,
             tls: EventBusTls::default(),
         }
     }
 }
 
 /// Which MQTT brokers the event bus uses; an integer in the file.
+/// Kedge's default is [`Internal`](Self::Internal), KubeEdge's
+/// [`External`](Self::External).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MqttMode {
-    /// `0`: the internal broker only.
+    /// `0`: the broker embedded in edgecore, at `mqttServerInternal`, only.
     Internal,
-    /// `1`: the internal and the external broker.
+    /// `1`: the embedded and the external broker.
     Both,
-    /// `2`: the external broker only.
+    /// `2`: the external broker, at `mqttServerExternal`, only.
     External,
 }
 
@@ -760,6 +781,63 @@ impl Default for ServiceBus {
 pub struct DeviceTwin {
     /// Runs the module. Default `true`.
     pub enable: bool,
+    /// Where edgecore serves DMI (`DeviceManagerService`) for mappers, as
+    /// KubeEdge v1.23 reads it: a directory, or a file whose directory is
+    /// taken; the socket is `dmi.sock` in it. Default
+    /// `/etc/kubeedge/dmi.sock` (KubeEdge v1.15's fixed path).
+    #[serde(default = "default_dmi_sock_path")]
+    pub dmi_sock_path: String,
+    /// Kedge only: DMI calls (mapper registrations and status reports)
+    /// accepted per second; the excess is refused with "too many
+    /// request". Must be greater than 0. Default 1000 (KubeEdge: 1, which
+    /// a mapper with more than a few devices exceeds every cycle).
+    #[serde(default = "default_dmi_qps", rename = "dmiQPS")]
+    pub dmi_qps: i32,
+    /// Kedge only: DMI calls accepted at once after a quiet time. Must be
+    /// greater than 0. Default 1000 (KubeEdge: 100).
+    #[serde(default = "default_dmi_burst")]
+    pub dmi_burst: i32,
+}
+
+/// The default [`DeviceTwin::dmi_sock_path`].
+pub const DEFAULT_DMI_SOCK_PATH: &str = "/etc/kubeedge/dmi.sock";
+
+fn default_dmi_sock_path() -> String {
+    DEFAULT_DMI_SOCK_PATH.to_owned()
+}
+
+fn default_dmi_qps() -> i32 {
+    1000
+}
+
+fn default_dmi_burst() -> i32 {
+    1000
+}
+
+impl Default for DeviceTwin {
+    fn default() -> Self {
+        Self {
+            enable: true,
+            dmi_sock_path: default_dmi_sock_path(),
+            dmi_qps: default_dmi_qps(),
+            dmi_burst: default_dmi_burst(),
+        }
+    }
+}
+
+impl DeviceTwin {
+    /// The socket DMI is served on: `dmi.sock` in the directory
+    /// `dmiSockPath` names (itself, unless it ends in `.sock`), as KubeEdge
+    /// v1.23 resolves it.
+    pub fn dmi_socket(&self) -> std::path::PathBuf {
+        let configured = Path::new(&self.dmi_sock_path);
+        let dir = if self.dmi_sock_path.ends_with(".sock") {
+            configured.parent().unwrap_or(Path::new(""))
+        } else {
+            configured
+        };
+        dir.join("dmi.sock")
+    }
 }
 
 /// DBTest: a module for testing the database.
@@ -826,7 +904,7 @@ impl EdgeCoreConfig {
                 event_bus: EventBus::default(),
                 meta_manager: MetaManager::default(),
                 service_bus: ServiceBus::default(),
-                device_twin: DeviceTwin { enable: true },
+                device_twin: DeviceTwin::default(),
                 db_test: DbTest { enable: false },
                 edge_stream: EdgeStream::default(),
             },
@@ -899,6 +977,10 @@ impl EdgeCoreConfig {
         let m = &self.modules;
         validate_edged(&m.edged, &mut v);
         validate_edge_hub(&m.edge_hub, &mut v);
+        if m.device_twin.enable {
+            v.positive("modules.deviceTwin.dmiQPS", m.device_twin.dmi_qps);
+            v.positive("modules.deviceTwin.dmiBurst", m.device_twin.dmi_burst);
+        }
         let bus = &m.event_bus;
         if bus.enable {
             v.range("modules.eventBus.mqttQOS", bus.mqtt_qos, 0, 2);
@@ -1083,6 +1165,11 @@ fn validate_edge_hub(hub: &EdgeHub, v: &mut Validator) {
         "must not be less than reconnectBackoffBase",
     );
     v.positive("modules.edgeHub.outboxCapacity", hub.outbox_capacity);
+    v.check(
+        hub.outbox_resend_after > GoDuration::ZERO,
+        "modules.edgeHub.outboxResendAfter",
+        "must be greater than 0",
+    );
     v.url(
         "modules.edgeHub.httpServer",
         &hub.http_server,

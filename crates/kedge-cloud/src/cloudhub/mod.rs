@@ -31,7 +31,7 @@ use kedge_bus::{BusHandle, Module, ModuleContext, ModuleError};
 use kedge_message::{Message, delivery, group, module, operation, resource};
 use kedge_transport::ca::ClientAuth;
 use kedge_transport::certserver::{self, CertServerConfig, CertServerMetrics, CertServerState};
-use kedge_transport::limits::LinkLimits;
+use kedge_transport::limits::{LinkLimits, RateLimit};
 use kedge_transport::link::Link;
 use kedge_transport::metrics::LinkMetrics;
 use kedge_transport::{quic, ws};
@@ -216,6 +216,10 @@ impl Module for CloudHubModule {
         let (accepted_tx, mut accepted) = mpsc::channel::<Link>(1024);
         let mut limits = LinkLimits::default();
         limits.buffer = limits.buffer.max(256);
+        limits.rate = Some(RateLimit {
+            per_second: u32::try_from(config.node_message_qps).unwrap_or(1),
+            burst: u32::try_from(config.node_message_burst).unwrap_or(1),
+        });
         if config.https.enable {
             let address = SocketAddr::new(
                 parse_ip("https.address", &config.https.address)?,

@@ -14,10 +14,11 @@
 //!
 //! A Device object that MetaManager forwards adds the device too (and its
 //! deletion removes it): the link delivers objects reliably, also to a
-//! node that was offline, while membership updates are sent once. Model
-//! objects, and the rest of each device, are for the mappers (DMI), which
-//! are not built yet; MetaManager stores them.
+//! node that was offline, while membership updates are sent once. Device
+//! and model objects also go to the mappers through [`dmi`], whose status
+//! reports come back in as twin updates.
 
+pub mod dmi;
 pub mod store;
 pub mod twins;
 pub mod types;
@@ -30,6 +31,8 @@ use kedge_bus::{Module, ModuleContext, ModuleError};
 use kedge_message::{Message, group, module, now_millis, operation, resource_type, source};
 use serde_json::Value;
 
+use dmi::{Dmi, DmiMetrics, DmiSettings};
+use kedge_transport::limits::RateLimit;
 use twins::{Output, Twins};
 use types::MembershipUpdate;
 
@@ -40,6 +43,8 @@ pub struct DeviceTwinSettings {
     pub node_name: String,
     /// edgecore's SQLite database.
     pub database_path: PathBuf,
+    /// The DMI socket and rate limit.
+    pub dmi: DmiSettings,
 }
 
 impl DeviceTwinSettings {
@@ -53,6 +58,13 @@ impl DeviceTwinSettings {
                 .hostname_override
                 .clone(),
             database_path: PathBuf::from(&config.database.data_source),
+            dmi: DmiSettings {
+                socket: config.modules.device_twin.dmi_socket(),
+                rate: RateLimit {
+                    per_second: u32::try_from(config.modules.device_twin.dmi_qps).unwrap_or(1),
+                    burst: u32::try_from(config.modules.device_twin.dmi_burst).unwrap_or(1),
+                },
+            },
         }
     }
 }
@@ -61,12 +73,24 @@ impl DeviceTwinSettings {
 #[derive(Debug)]
 pub struct DeviceTwin {
     settings: DeviceTwinSettings,
+    metrics: DmiMetrics,
 }
 
 impl DeviceTwin {
     /// DeviceTwin with `settings`.
     pub fn new(settings: DeviceTwinSettings) -> Self {
-        Self { settings }
+        Self {
+            settings,
+            metrics: DmiMetrics::default(),
+        }
+    }
+
+    /// Counts DMI calls into `metrics` (registered with
+    /// [`DmiMetrics::register`]) instead of private counters.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: DmiMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -170,8 +194,11 @@ impl Module for DeviceTwin {
                     settings.database_path.display()
                 ))
             })?;
+        let dmi = Dmi::start(&ctx, &settings.dmi, &settings.database_path, self.metrics)
+            .map_err(|error| ModuleError::from(format!("devicetwin: {error}")))?;
         ctx.set_ready();
         while let Some(msg) = ctx.recv().await {
+            dmi.on_object(&msg).await;
             let outputs = match classify(&msg) {
                 Inbound::Membership(update) => twins.membership(update, now_millis()),
                 Inbound::Topic(topic, body) => twins.on_topic(&topic, &body, now_millis()),

@@ -186,11 +186,33 @@ impl Twins {
     /// nothing.
     pub fn on_topic(&mut self, topic: &str, body: &[u8], now: i64) -> Vec<Output> {
         match parse_topic(topic) {
-            Some(Topic::TwinUpdate(id)) => self.twin_update(topic, id, body, now),
-            Some(Topic::TwinGet(id)) => self.twin_get(topic, id, body, now),
-            Some(Topic::StateUpdate(id)) => self.state_update(id, body, now),
+            Some(Topic::TwinUpdate(id)) => {
+                let id = self.known_id(id).to_owned();
+                self.twin_update(topic, &id, body, now)
+            }
+            Some(Topic::TwinGet(id)) => {
+                let id = self.known_id(id).to_owned();
+                self.twin_get(topic, &id, body, now)
+            }
+            Some(Topic::StateUpdate(id)) => {
+                let id = self.known_id(id).to_owned();
+                self.state_update(&id, body, now)
+            }
             Some(Topic::MembershipGet(node)) => self.membership_get(topic, node, body, now),
             None => Vec::new(),
+        }
+    }
+
+    /// The id under which this node holds the device a request names:
+    /// `<namespace>/<name>` and `<name>` name the same device, whichever
+    /// form its membership used.
+    fn known_id<'a>(&self, id: &'a str) -> &'a str {
+        if self.devices.contains_key(id) {
+            return id;
+        }
+        match id.split_once('/') {
+            Some((_, name)) if self.devices.contains_key(name) => name,
+            _ => id,
         }
     }
 
@@ -224,7 +246,8 @@ impl Twins {
             return out;
         }
         let device = &self.devices[id];
-        let device_topic = format!("{DEVICE_PREFIX}{id}/twin/update");
+        // Answered in the form the request used.
+        let device_topic = topic;
         let document: BTreeMap<&String, Value> = changes
             .iter()
             .map(|(name, (last, current))| (name, json!({"last": last, "current": current})))
@@ -548,6 +571,45 @@ mod tests {
         ] {
             assert_eq!(parse_topic(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn a_device_is_reached_by_its_namespaced_id_too() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut twins = twins(&dir);
+        add(&mut twins, "thermo-1");
+        let out = update(
+            &mut twins,
+            "default/thermo-1",
+            json!({"event_id": "n", "twin": {"temperature": {"actual": {"value": "21"}}}}),
+        );
+        let result = published(
+            &out,
+            "$hw/events/device/default/thermo-1/twin/update/result",
+        )
+        .expect("answered on the topic asked");
+        assert_eq!(result["twin"]["temperature"]["actual"]["value"], "21");
+        assert!(
+            published(
+                &out,
+                "$hw/events/device/default/thermo-1/twin/update/document"
+            )
+            .is_some()
+        );
+        let reports = to_cloud(&out);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(
+            reports[0].router.resource,
+            "device/thermo-1/twin/edge_updated"
+        );
+        let out = twins.on_topic(
+            "$hw/events/device/default/thermo-1/twin/get",
+            br#"{"event_id":"g"}"#,
+            NOW,
+        );
+        let got =
+            published(&out, "$hw/events/device/default/thermo-1/twin/get/result").expect("got");
+        assert_eq!(got["twin"]["temperature"]["actual"]["value"], "21");
     }
 
     #[test]

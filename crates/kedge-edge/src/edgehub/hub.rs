@@ -7,6 +7,7 @@
 //! and the module task waits for them before it reconnects, so exactly
 //! one link is in use at any time.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,9 @@ pub(super) struct Hub {
     downstream: Arc<Downstream>,
     throttle: TokenBucket,
     backoff: Backoff,
+    /// When each durable report was last sent on the current link, by
+    /// `msg_id`: what [`Hub::resend_overdue`] checks.
+    sent_at: HashMap<String, Instant>,
 }
 
 /// How serving one link ended.
@@ -71,6 +75,7 @@ impl Hub {
             downstream,
             throttle,
             backoff,
+            sent_at: HashMap::new(),
         }
     }
 
@@ -232,12 +237,25 @@ impl Hub {
             ),
         );
 
+        self.sent_at.clear();
         let mut shutdown = !self.replay(&sender).await;
+        let resend_after = self.settings.outbox_resend_after;
+        let mut resend_check = tokio::time::interval_at(
+            Instant::now() + resend_after,
+            (resend_after / 2).max(Duration::from_millis(100)),
+        );
+        resend_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         if !shutdown && !sender.is_closed() {
             loop {
                 tokio::select! {
                     biased;
                     () = sender.closed() => break,
+                    _ = resend_check.tick() => {
+                        if !self.resend_overdue(&sender).await {
+                            shutdown = true;
+                            break;
+                        }
+                    }
                     msg = self.ctx.recv() => match msg {
                         Some(msg) => {
                             if !self.online(msg, &sender).await {
@@ -283,18 +301,68 @@ impl Hub {
         if !pending.is_empty() {
             tracing::info!(reports = pending.len(), "resending waiting reports");
         }
-        for report in pending {
-            // It may have been answered (or replaced) since the list was read.
+        self.resend(sender, pending).await
+    }
+
+    /// Sends `reports` again with their original ids, skipping any that
+    /// was answered (or replaced) since the list was read. `false` on
+    /// shutdown.
+    async fn resend(
+        &mut self,
+        sender: &LinkSender,
+        reports: impl IntoIterator<Item = Message>,
+    ) -> bool {
+        for report in reports {
             if !self.outbox.contains(report.id()) {
                 continue;
             }
+            let id = report.id().to_owned();
             match self.send(sender, report).await {
-                Sent::Yes => self.metrics.outbox_resent(),
+                Sent::Yes => {
+                    self.metrics.outbox_resent();
+                    self.sent_at.insert(id, Instant::now());
+                }
                 Sent::LinkClosed => return true,
                 Sent::Shutdown => return false,
             }
         }
         true
+    }
+
+    /// Sends again, with their original ids, the reports the cloud has not
+    /// answered within `outboxResendAfter` of their last sending on this
+    /// link: the cloud drops what comes over its rate limit, and a report
+    /// must not then wait for the next reconnect. `false` on shutdown.
+    async fn resend_overdue(&mut self, sender: &LinkSender) -> bool {
+        let outbox = &self.outbox;
+        self.sent_at.retain(|id, _| outbox.contains(id));
+        let resend_after = self.settings.outbox_resend_after;
+        let now = Instant::now();
+        let overdue: HashSet<String> = self
+            .sent_at
+            .iter()
+            .filter(|(_, sent)| now.duration_since(**sent) >= resend_after)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if overdue.is_empty() {
+            return true;
+        }
+        let outbox = self.outbox.clone();
+        let pending = match blocking(move || outbox.pending()).await {
+            Ok(pending) => pending,
+            Err(error) => {
+                tracing::error!(error = %error_chain(&error), "cannot read the outbox; overdue reports wait for the next check");
+                return true;
+            }
+        };
+        tracing::info!(
+            reports = overdue.len(),
+            "resending reports the cloud has not answered"
+        );
+        let overdue_reports = pending
+            .into_iter()
+            .filter(|report| overdue.contains(report.id()));
+        self.resend(sender, overdue_reports).await
     }
 
     /// A message for the cloud while the link is up. `false` when the link
@@ -306,6 +374,7 @@ impl Hub {
         let durable = is_durable(&msg);
         if durable {
             self.store(&msg).await;
+            self.sent_at.insert(msg.id().to_owned(), Instant::now());
         }
         // Enough of the message to report it if the link is gone.
         let stub = Message {

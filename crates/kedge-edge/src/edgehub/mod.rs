@@ -20,7 +20,9 @@
 //!   caller gets an `error` reply at once; others are dropped and counted),
 //!   but status reports ([`outbox::is_durable`]) are kept in an SQLite
 //!   [`outbox`] before they are sent, resent with their original `msg_id`
-//!   after every reconnect, and deleted once the cloud answers them. A
+//!   after every reconnect and whenever the cloud has not answered one
+//!   within `outboxResendAfter` (it may have dropped it over its rate
+//!   limit), and deleted once the cloud answers them. A
 //!   synchronous caller of a durable report that is queued offline keeps
 //!   waiting: if the link returns within its timeout it gets the cloud's
 //!   answer.
@@ -84,6 +86,10 @@ pub struct EdgeHubSettings {
     /// How many reports the outbox keeps (`outboxCapacity`, default
     /// 10000).
     pub outbox_capacity: usize,
+    /// How long a report sent on the current connection waits for the
+    /// cloud's answer before it is sent again (`outboxResendAfter`,
+    /// default 10 s).
+    pub outbox_resend_after: Duration,
     /// Messages from the cloud that may wait for each destination module
     /// or group before further ones are dropped (default 256).
     pub delivery_queue: usize,
@@ -102,6 +108,7 @@ impl EdgeHubSettings {
             dial_timeout: Duration::from_secs(60),
             outbox_path: outbox_path.into(),
             outbox_capacity: 10_000,
+            outbox_resend_after: Duration::from_secs(10),
             delivery_queue: 256,
         }
     }
@@ -144,6 +151,11 @@ impl EdgeHubSettings {
             dial_timeout: seconds(handshake.saturating_mul(2)).max(Duration::from_secs(1)),
             outbox_path,
             outbox_capacity: usize::try_from(hub.outbox_capacity).unwrap_or(1).max(1),
+            outbox_resend_after: hub
+                .outbox_resend_after
+                .to_std()
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(10)),
             delivery_queue: 256,
         }
     }

@@ -1,0 +1,123 @@
+//! EventBus on the MQTT broker edgecore embeds (`mqttMode: 0`, Kedge's
+//! default), against a real cloudcore with kubectl as the user: with a
+//! Device bound to a real edgecore, mosquitto_pub and mosquitto_sub talk
+//! to edgecore's own broker only — membership get lists the device, a
+//! reported value is answered and shows in `kubectl get device`, twin get
+//! answers with it, a differing desired value gives a delta.
+
+mod support;
+
+use serde_json::json;
+use support::edgecore::EdgeCore;
+use support::mqtt::{request, wait_until_listening};
+use support::{Backend, Cloud};
+
+const EDGE: &str = "edge-embedded-mqtt";
+const MODEL: &str = "thermometer-model";
+const DEVICE: &str = "thermometer-01";
+
+fn manifests() -> [String; 2] {
+    let model = json!({
+        "apiVersion": "devices.kubeedge.io/v1beta1",
+        "kind": "DeviceModel",
+        "metadata": {"name": MODEL, "namespace": "default"},
+        "spec": {
+            "protocol": "modbus",
+            "properties": [{"name": "temperature", "type": "INT", "accessMode": "ReadWrite"}],
+        },
+    });
+    let device = json!({
+        "apiVersion": "devices.kubeedge.io/v1beta1",
+        "kind": "Device",
+        "metadata": {"name": DEVICE, "namespace": "default"},
+        "spec": {
+            "deviceModelRef": {"name": MODEL},
+            "nodeName": EDGE,
+            "protocol": {"protocolName": "modbus"},
+            "properties": [{"name": "temperature", "desired": {"value": "20"},
+                "reportToCloud": true}],
+        },
+    });
+    [model.to_string(), device.to_string()]
+}
+
+#[tokio::test]
+async fn mqtt_clients_drive_the_twin_through_the_embedded_broker() {
+    let cloud = Cloud::start(Backend::start(false).await).await;
+    for manifest in manifests() {
+        cloud.ok_with_input(&["create", "-f", "-"], &manifest);
+    }
+    let edge = EdgeCore::start(&cloud, EDGE, None, EdgeCore::embedded_broker);
+    // No broker is started by the test: edgecore listens itself.
+    let broker = edge.mqtt.clone();
+    wait_until_listening(&broker, "edgecore's embedded broker").await;
+
+    // The device reaches the edge by membership: it is listed there.
+    let membership = format!("$hw/events/node/{EDGE}/membership/get");
+    let deadline = tokio::time::Instant::now() + support::DEADLINE;
+    loop {
+        let listed = request(
+            &broker,
+            &membership,
+            &format!("{membership}/result"),
+            |_| r#"{"event_id":"m"}"#.to_owned(),
+        )
+        .await;
+        if listed["devices"]
+            .as_array()
+            .is_some_and(|devices| devices.iter().any(|d| d["id"] == DEVICE))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the device never reached the edge: {listed}\n{}",
+            edge.log()
+        );
+    }
+
+    // Update: a reported value is answered on the result topic and shows
+    // in the Device's status.
+    let update = format!("$hw/events/device/{DEVICE}/twin/update");
+    let result = request(&broker, &update, &format!("{update}/result"), |_| {
+        r#"{"event_id":"u1","twin":{"temperature":{"actual":{"value":"23"},"metadata":{"type":"int"}}}}"#
+            .to_owned()
+    })
+    .await;
+    assert_eq!(result["event_id"], "u1");
+    assert!(result.get("code").is_none(), "{result}");
+    cloud
+        .eventually(
+            &[
+                "get",
+                "device",
+                DEVICE,
+                "-o",
+                "jsonpath={.status.twins[0].reported.value}",
+            ],
+            |value| value == "23",
+        )
+        .await;
+
+    // Get: the stored twin.
+    let get = format!("$hw/events/device/{DEVICE}/twin/get");
+    let got = request(&broker, &get, &format!("{get}/result"), |_| {
+        r#"{"event_id":"g1"}"#.to_owned()
+    })
+    .await;
+    assert_eq!(got["event_id"], "g1");
+    assert_eq!(got["twin"]["temperature"]["actual"]["value"], "23");
+
+    // Delta: a desired value that differs from the reported one.
+    let delta = request(&broker, &update, &format!("{update}/delta"), |attempt| {
+        format!(
+            r#"{{"twin":{{"temperature":{{"expected":{{"value":"{}"}}}}}}}}"#,
+            30 + attempt
+        )
+    })
+    .await;
+    let wanted = delta["delta"]["temperature"].as_str().expect("delta value");
+    assert!(wanted.starts_with('3'), "{delta}");
+    assert_eq!(delta["twin"]["temperature"]["actual"]["value"], "23");
+    cloud.stop().await;
+}
