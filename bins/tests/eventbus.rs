@@ -3,13 +3,14 @@
 //! Device bound to a real edgecore, mosquitto_pub and mosquitto_sub talk
 //! to edgecore's own broker only — membership get lists the device, a
 //! reported value is answered and shows in `kubectl get device`, twin get
-//! answers with it, a differing desired value gives a delta.
+//! answers with it, a differing desired value gives a delta, and so does a
+//! desired value patched with kubectl.
 
 mod support;
 
 use serde_json::json;
 use support::edgecore::EdgeCore;
-use support::mqtt::{request, wait_until_listening};
+use support::mqtt::{next_message, request, wait_until_listening};
 use support::{Backend, Cloud};
 
 const EDGE: &str = "edge-embedded-mqtt";
@@ -119,5 +120,23 @@ async fn mqtt_clients_drive_the_twin_through_the_embedded_broker() {
     let wanted = delta["delta"]["temperature"].as_str().expect("delta value");
     assert!(wanted.starts_with('3'), "{delta}");
     assert_eq!(delta["twin"]["temperature"]["actual"]["value"], "23");
+
+    // A desired value patched with kubectl reaches the edge as the
+    // cloud's, and MQTT mappers get it as a delta.
+    let delta = next_message(&broker, &format!("{update}/delta"), async |attempt| {
+        let patch = json!([{"op": "replace", "path": "/spec/properties/0/desired/value",
+            "value": (60 + attempt).to_string()}]);
+        cloud.ok(&[
+            "patch",
+            "device",
+            DEVICE,
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ]);
+    })
+    .await;
+    let wanted = delta["delta"]["temperature"].as_str().expect("delta value");
+    assert!(wanted.starts_with('6'), "{delta}");
     cloud.stop().await;
 }

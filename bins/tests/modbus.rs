@@ -10,7 +10,9 @@
 //!   register (read back from the server);
 //! * with edgecore down (killed, as by a power cut), a new desired value
 //!   is patched and the device's value changes; once edgecore is back the
-//!   register gets the new desired value and the status the new reading.
+//!   register gets the new desired value and the status the new reading;
+//! * edgecore's DMI refuses a registration without a protocol and calls
+//!   over its rate limit, with clear errors, counted.
 
 mod support;
 
@@ -21,7 +23,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::edgecore::EdgeCore;
 use support::modbus::ModbusDevice;
-use support::{Backend, Cloud};
+use support::{Backend, Cloud, metric};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -195,6 +197,68 @@ async fn a_modbus_device_reports_and_is_written_through_the_mapper_also_after_th
     wait_reported(&cloud, "temperature", "198").await;
     wait_reported(&cloud, "setpoint", "64").await;
 
+    edge.stop().await;
+    cloud.stop().await;
+}
+
+#[tokio::test]
+async fn dmi_refuses_bad_registrations_and_calls_over_its_rate_limit() {
+    use kedge_dmi::v1beta1 as dmi;
+    use kedge_dmi::v1beta1::device_manager_service_client::DeviceManagerServiceClient;
+
+    let cloud = Cloud::start(Backend::start(false).await).await;
+    let mut edge = EdgeCore::start(&cloud, "edge-dmi-limits", None, |config| {
+        config.modules.device_twin.dmi_qps = 1;
+        config.modules.device_twin.dmi_burst = 3;
+    });
+    let socket = edge.dir().join("dmi.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let channel = loop {
+        if let Ok(channel) = kedge_dmi::socket::connect(&socket).await {
+            break channel;
+        }
+        assert!(Instant::now() < deadline, "edgecore never served DMI");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut client = DeviceManagerServiceClient::new(channel);
+
+    let refused = client
+        .mapper_register(dmi::MapperRegisterRequest {
+            with_data: true,
+            mapper: Some(dmi::MapperInfo {
+                name: "nameless".into(),
+                address: b"/run/nameless.sock".to_vec(),
+                ..dmi::MapperInfo::default()
+            }),
+        })
+        .await
+        .expect_err("a mapper without a protocol is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(refused.message(), "mapper.protocol is required");
+
+    // The burst left after the refusal passes; the next call, within the
+    // same second, is over the limit.
+    let report = || dmi::ReportDeviceStatusRequest {
+        device_name: "unknown-device".into(),
+        reported_device: Some(dmi::DeviceStatus::default()),
+        ..dmi::ReportDeviceStatusRequest::default()
+    };
+    let mut over = None;
+    for _ in 0..4 {
+        if let Err(status) = client.report_device_status(report()).await {
+            over = Some(status);
+            break;
+        }
+    }
+    let over = over.expect("a call over the limit is refused");
+    assert_eq!(over.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(over.message(), "too many request");
+    let counted = metric(
+        &edge.monitor,
+        "kedge_dmi_requests_total{method=\"ReportDeviceStatus\",result=\"refused\"}",
+    )
+    .await;
+    assert_eq!(counted, Some(1.0));
     edge.stop().await;
     cloud.stop().await;
 }

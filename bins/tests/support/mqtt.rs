@@ -58,15 +58,7 @@ pub async fn request(
     payload: impl Fn(u32) -> String,
 ) -> serde_json::Value {
     let (host, port) = address.split_once(':').expect("host:port");
-    let sub = tokio::process::Command::new("mosquitto_sub")
-        .args(["-h", host, "-p", port, "-t", result_topic, "-C", "1"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("mosquitto_sub runs (scripts/setup.sh installs mosquitto-clients)");
-    let deadline = tokio::time::Instant::now() + super::DEADLINE;
-    let mut waiting = Box::pin(sub.wait_with_output());
-    for attempt in 0.. {
+    next_message(address, result_topic, async |attempt| {
         // A failed publish (the broker still starting) is tried again.
         tokio::process::Command::new("mosquitto_pub")
             .args(["-h", host, "-p", port, "-t", topic, "-m", &payload(attempt)])
@@ -74,17 +66,41 @@ pub async fn request(
             .status()
             .await
             .expect("mosquitto_pub runs");
+    })
+    .await
+}
+
+/// Does `cause(attempt)` every 300 ms until mosquitto_sub, subscribed to
+/// `topic` on the broker at `address`, receives one message; returns it
+/// as JSON. Doing it again covers the time mosquitto_sub takes to
+/// subscribe.
+pub async fn next_message(
+    address: &str,
+    topic: &str,
+    cause: impl AsyncFn(u32),
+) -> serde_json::Value {
+    let (host, port) = address.split_once(':').expect("host:port");
+    let sub = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", host, "-p", port, "-t", topic, "-C", "1"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub runs (scripts/setup.sh installs mosquitto-clients)");
+    let deadline = tokio::time::Instant::now() + super::DEADLINE;
+    let mut waiting = Box::pin(sub.wait_with_output());
+    for attempt in 0.. {
+        cause(attempt).await;
         if let Ok(output) =
             tokio::time::timeout(std::time::Duration::from_millis(300), &mut waiting).await
         {
             let output = output.expect("mosquitto_sub ends");
             let text = String::from_utf8_lossy(&output.stdout);
             return serde_json::from_str(text.trim())
-                .unwrap_or_else(|error| panic!("{result_topic}: {error}: {text:?}"));
+                .unwrap_or_else(|error| panic!("{topic}: {error}: {text:?}"));
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "nothing on {result_topic} within {:?}",
+            "nothing on {topic} within {:?}",
             super::DEADLINE
         );
     }

@@ -23,6 +23,7 @@ pub mod store;
 pub mod twins;
 pub mod types;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use base64::Engine as _;
@@ -99,6 +100,9 @@ impl DeviceTwin {
 enum Inbound {
     /// A membership update from the cloud.
     Membership(MembershipUpdate),
+    /// A Device object: its membership, and the desired values of its
+    /// properties (none when it was deleted).
+    Device(MembershipUpdate, String, BTreeMap<String, String>),
     /// A request published on an MQTT topic.
     Topic(String, Vec<u8>),
     /// Nothing DeviceTwin acts on.
@@ -125,6 +129,25 @@ fn content_value(msg: &Message) -> Option<Value> {
         Value::String(text) => serde_json::from_str(text).ok(),
         other => Some(other.clone()),
     }
+}
+
+/// The desired values of a Device object's properties, by name.
+fn desired_values(device: &Value) -> BTreeMap<String, String> {
+    let device = match device {
+        Value::String(text) => serde_json::from_str(text).unwrap_or_default(),
+        other => other.clone(),
+    };
+    device
+        .pointer("/spec/properties")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|property| {
+            let name = property.get("name")?.as_str()?;
+            let value = property.pointer("/desired/value")?.as_str()?;
+            (!value.is_empty()).then(|| (name.to_owned(), value.to_owned()))
+        })
+        .collect()
 }
 
 fn classify(msg: &Message) -> Inbound {
@@ -158,15 +181,22 @@ fn classify(msg: &Message) -> Inbound {
                 .to_owned(),
             ..types::MemberDevice::default()
         };
-        let (added, removed) = if route.operation == operation::DELETE {
+        let deleted = route.operation == operation::DELETE;
+        let desired = if deleted {
+            BTreeMap::new()
+        } else {
+            desired_values(&msg.content)
+        };
+        let (added, removed) = if deleted {
             (None, Some(vec![member]))
         } else {
             (Some(vec![member]), None)
         };
-        return Inbound::Membership(MembershipUpdate {
+        let update = MembershipUpdate {
             added_devices: added,
             removed_devices: removed,
-        });
+        };
+        return Inbound::Device(update, name.to_owned(), desired);
     }
     if (route.source == group::BUS || route.source == module::EVENT_BUS)
         && let Some(topic) = topic_of(&route.resource)
@@ -201,6 +231,11 @@ impl Module for DeviceTwin {
             dmi.on_object(&msg).await;
             let outputs = match classify(&msg) {
                 Inbound::Membership(update) => twins.membership(update, now_millis()),
+                Inbound::Device(update, id, desired) => {
+                    let mut outputs = twins.membership(update, now_millis());
+                    outputs.extend(twins.cloud_desired(&id, &desired, now_millis()));
+                    outputs
+                }
                 Inbound::Topic(topic, body) => twins.on_topic(&topic, &body, now_millis()),
                 Inbound::Ignored => {
                     tracing::debug!(
@@ -273,11 +308,20 @@ mod tests {
             "twin",
             "insert",
             "default/device/d1",
-            json!({"metadata": {"name": "d1", "labels": {"description": "demo"}}}),
+            json!({"metadata": {"name": "d1", "labels": {"description": "demo"}},
+                "spec": {"properties": [
+                    {"name": "setpoint", "desired": {"value": "42"}},
+                    {"name": "temperature"},
+                    {"name": "empty", "desired": {"value": ""}}]}}),
         );
-        let Inbound::Membership(update) = classify(&device) else {
+        let Inbound::Device(update, id, desired) = classify(&device) else {
             panic!("a device object is a member");
         };
+        assert_eq!(id, "d1");
+        assert_eq!(
+            desired,
+            BTreeMap::from([("setpoint".to_owned(), "42".to_owned())])
+        );
         let added = update.added_devices.expect("added");
         assert_eq!(
             (added[0].id.as_str(), added[0].description.as_str()),
@@ -285,10 +329,11 @@ mod tests {
         );
         let mut deleted = device.clone();
         deleted.router.operation = "delete".into();
-        let Inbound::Membership(update) = classify(&deleted) else {
+        let Inbound::Device(update, _, desired) = classify(&deleted) else {
             panic!("a deleted device object is removed");
         };
         assert!(update.removed_devices.is_some());
+        assert!(desired.is_empty());
         let model = Message::new(
             "metamanager",
             "twin",

@@ -203,6 +203,89 @@ impl Twins {
         }
     }
 
+    /// The desired values a Device object from the cloud carries
+    /// (`spec.properties[].desired.value`, by property), merged as the
+    /// cloud's (KubeEdge's `twin/cloud_updated`): a changed desired value
+    /// is stored with its cloud version bumped, and announced on
+    /// `$hw/events/device/<id>/twin/update/document` and, when it differs
+    /// from the reported value, `…/delta`, so that MQTT mappers see it.
+    /// Nothing goes back to the cloud. A value that is not valid twin text
+    /// or does not fit the twin's type is skipped and logged.
+    pub fn cloud_desired(
+        &mut self,
+        id: &str,
+        desired: &BTreeMap<String, String>,
+        now: i64,
+    ) -> Vec<Output> {
+        let Some(device) = self.devices.get(id) else {
+            return Vec::new();
+        };
+        let mut twins = device.twins.clone();
+        let mut changes = Changes::new();
+        for (name, value) in desired {
+            let current = twins.get(name).filter(|twin| !twin.is_deleted()).cloned();
+            let held = current
+                .as_ref()
+                .and_then(|twin| twin.expected.as_ref())
+                .and_then(|expected| expected.value.as_deref());
+            if held == Some(value.as_str()) {
+                continue;
+            }
+            let mut next = current.clone().unwrap_or(MsgTwin {
+                optional: Some(true),
+                ..MsgTwin::default()
+            });
+            let valid = is_twin_text(name, MAX_NAME)
+                && is_twin_text(value, MAX_VALUE)
+                && value_fits(next.value_type(), value).is_ok();
+            if !valid {
+                tracing::warn!(device = id, twin = %name, value = %value, "devicetwin: desired value from the cloud not taken");
+                continue;
+            }
+            if next.metadata.is_none() {
+                next.metadata = Some(TypeMetadata {
+                    value_type: "string".to_owned(),
+                });
+            }
+            next.expected = Some(TwinValue {
+                value: Some(value.clone()),
+                metadata: Some(ValueMetadata { timestamp: now }),
+            });
+            let mut version = next.expected_version.unwrap_or_default();
+            version.cloud += 1;
+            next.expected_version = Some(version);
+            changes.insert(name.clone(), (current, Some(next.clone())));
+            twins.insert(name.clone(), next);
+        }
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        let mut device = device.clone();
+        device.twins = twins;
+        if let Err(error) = self.store.save(&device) {
+            tracing::error!(device = id, %error, "devicetwin: cannot store desired values from the cloud");
+            return Vec::new();
+        }
+        let event_id = uuid::Uuid::new_v4().to_string();
+        let topic = format!("{DEVICE_PREFIX}{id}/twin/update");
+        let document: BTreeMap<&String, Value> = changes
+            .iter()
+            .map(|(name, (last, current))| (name, json!({"last": last, "current": current})))
+            .collect();
+        let mut out = vec![Output::Publish {
+            topic: format!("{topic}/document"),
+            payload: payload(&event_id, now, json!({"twin": document})),
+        }];
+        if let Some(delta) = delta(&device.twins) {
+            out.push(Output::Publish {
+                topic: format!("{topic}/delta"),
+                payload: payload(&event_id, now, delta),
+            });
+        }
+        self.devices.insert(id.to_owned(), device);
+        out
+    }
+
     /// The id under which this node holds the device a request names:
     /// `<namespace>/<name>` and `<name>` name the same device, whichever
     /// form its membership used.
@@ -571,6 +654,45 @@ mod tests {
         ] {
             assert_eq!(parse_topic(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn desired_values_from_the_cloud_are_stored_and_announced_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut twins = twins(&dir);
+        add(&mut twins, "thermo-1");
+        update(
+            &mut twins,
+            "thermo-1",
+            json!({"twin": {"setpoint": {"actual": {"value": "20"}, "metadata": {"type": "int"}}}}),
+        );
+        let desired = BTreeMap::from([("setpoint".to_owned(), "42".to_owned())]);
+        let out = twins.cloud_desired("thermo-1", &desired, NOW);
+        let delta = published(&out, "$hw/events/device/thermo-1/twin/update/delta").expect("delta");
+        assert_eq!(delta["delta"]["setpoint"], "42");
+        let document =
+            published(&out, "$hw/events/device/thermo-1/twin/update/document").expect("document");
+        assert_eq!(
+            document["twin"]["setpoint"]["current"]["expected"]["value"],
+            "42"
+        );
+        assert!(to_cloud(&out).is_empty(), "nothing goes back to the cloud");
+        let stored = &twins.devices["thermo-1"].twins["setpoint"];
+        assert_eq!(stored.expected_version.expect("version").cloud, 1);
+
+        // The same value again, and a value that is not an int, change nothing.
+        assert!(twins.cloud_desired("thermo-1", &desired, NOW).is_empty());
+        let bad = BTreeMap::from([("setpoint".to_owned(), "warm".to_owned())]);
+        assert!(twins.cloud_desired("thermo-1", &bad, NOW).is_empty());
+        // Kept across a restart.
+        let reopened = Twins::open("edge-1", &dir.path().join("edgecore.db")).expect("open");
+        let twin = &reopened.devices["thermo-1"].twins["setpoint"];
+        assert_eq!(
+            twin.expected.as_ref().and_then(|v| v.value.as_deref()),
+            Some("42")
+        );
+        // An unknown device is ignored.
+        assert!(twins.cloud_desired("nobody", &desired, NOW).is_empty());
     }
 
     #[test]
