@@ -1,7 +1,8 @@
 //! The `mapper-modbus` binary against a Modbus TCP device (pymodbus) and a
 //! stand-in for edgecore's `DeviceManagerService` on a temporary socket:
 //! it registers, reports a scaled holding register, an input register and
-//! a coil, and writes a desired value sent with `UpdateDevice`.
+//! a coil, pushes the input register to a mosquitto broker, and writes a
+//! desired value sent with `UpdateDevice`.
 
 mod support;
 
@@ -20,11 +21,15 @@ use kedge_dmi::v1beta1::device_manager_service_server::{
 use kedge_dmi::v1beta1::device_mapper_service_client::DeviceMapperServiceClient;
 use serde_json::json;
 use support::modbus::ModbusDevice;
+use support::mqtt::{Mosquitto, next_text};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_modbus::client::Reader as _;
 use tonic::{Request, Response, Status};
+
+/// Where the mapper pushes `humidity`.
+const PUSH_TOPIC: &str = "factory/thermo-1/humidity";
 
 /// How long any one expected event may take.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -131,7 +136,9 @@ fn model() -> DeviceModel {
 
 /// The device on 127.0.0.1:`port`, read every 100 ms; `temperature` has
 /// the desired value `desired` (none if empty).
-fn device(port: u16, desired: &str) -> Device {
+/// `humidity` is also pushed to the MQTT broker at `broker`, on
+/// [`PUSH_TOPIC`].
+fn device(port: u16, broker: &str, desired: &str) -> Device {
     let property = |name: &str, visitor: serde_json::Value| {
         json!({
             "name": name,
@@ -141,6 +148,12 @@ fn device(port: u16, desired: &str) -> Device {
             "visitors": {"protocolName": "modbus", "configData": visitor}
         })
     };
+    let mut humidity = property(
+        "humidity",
+        json!({"Register": "InputRegister", "Offset": "1", "Limit": "1"}),
+    );
+    humidity["pushMethod"] = json!({"mqtt": {"address": format!("tcp://{broker}"),
+        "topic": PUSH_TOPIC, "qos": 1}});
     let mut temperature = property(
         "temperature",
         json!({"register": "HoldingRegister", "offset": 2, "limit": 1, "scale": 0.1}),
@@ -160,7 +173,7 @@ fn device(port: u16, desired: &str) -> Device {
             "properties": [
                 temperature,
                 // Settings written as strings, as KubeEdge's e2e fixtures do.
-                property("humidity", json!({"Register": "InputRegister", "Offset": "1", "Limit": "1"})),
+                humidity,
                 property("alarm", json!({"register": "CoilRegister", "offset": 3})),
             ]
         }
@@ -223,13 +236,15 @@ fn config(dir: &Path, mapper_socket: &Path, edgecore_socket: &Path) -> PathBuf {
 async fn the_modbus_mapper_reports_and_writes_a_tcp_device() {
     let modbus_device = ModbusDevice::start().await;
     let port = modbus_device.port();
+    let broker = format!("127.0.0.1:{}", support::free_port());
+    let _mosquitto = Mosquitto::start(&broker).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let edgecore_socket = dir.path().join("dmi.sock");
     let mapper_socket = dir.path().join("modbus.sock");
     let (sender, mut seen) = mpsc::unbounded_channel();
     let edgecore = Edgecore {
-        device: device_to_dmi(&device(port, "")).expect("convert device"),
+        device: device_to_dmi(&device(port, &broker, "")).expect("convert device"),
         model: device_model_to_dmi(&model()),
         seen: sender,
     };
@@ -288,7 +303,7 @@ async fn the_modbus_mapper_reports_and_writes_a_tcp_device() {
     let mut client = DeviceMapperServiceClient::new(channel);
     client
         .update_device(dmi::UpdateDeviceRequest {
-            device: Some(device_to_dmi(&device(port, "42")).expect("convert device")),
+            device: Some(device_to_dmi(&device(port, &broker, "42")).expect("convert device")),
         })
         .await
         .expect("update device");
@@ -311,6 +326,13 @@ async fn the_modbus_mapper_reports_and_writes_a_tcp_device() {
         .expect("read")
         .expect("no exception");
     assert_eq!(registers, vec![420], "42 / 0.1 in the holding register");
+
+    // The input register is pushed over MQTT, in KubeEdge's words.
+    let text = next_text(&broker, PUSH_TOPIC, async |_| {}).await;
+    assert!(
+        text.starts_with("time is ") && text.ends_with(&format!("  {PUSH_TOPIC}: 77")),
+        "{text}"
+    );
 
     // GetDevice answers the current twins.
     let current = client

@@ -79,6 +79,12 @@ pub async fn next_message(
     topic: &str,
     cause: impl AsyncFn(u32),
 ) -> serde_json::Value {
+    let text = next_text(address, topic, cause).await;
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("{topic}: {error}: {text:?}"))
+}
+
+/// [`next_message`], for a message that is not JSON: its text.
+pub async fn next_text(address: &str, topic: &str, cause: impl AsyncFn(u32)) -> String {
     let (host, port) = address.split_once(':').expect("host:port");
     let sub = tokio::process::Command::new("mosquitto_sub")
         .args(["-h", host, "-p", port, "-t", topic, "-C", "1"])
@@ -94,9 +100,7 @@ pub async fn next_message(
             tokio::time::timeout(std::time::Duration::from_millis(300), &mut waiting).await
         {
             let output = output.expect("mosquitto_sub ends");
-            let text = String::from_utf8_lossy(&output.stdout);
-            return serde_json::from_str(text.trim())
-                .unwrap_or_else(|error| panic!("{topic}: {error}: {text:?}"));
+            return String::from_utf8_lossy(&output.stdout).trim().to_owned();
         }
         assert!(
             tokio::time::Instant::now() < deadline,

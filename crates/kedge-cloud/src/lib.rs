@@ -20,6 +20,7 @@ pub mod controlplane;
 pub mod crds;
 pub mod devicecontroller;
 pub mod edgecontroller;
+pub mod refusals;
 pub mod synccontroller;
 
 use std::path::Path;

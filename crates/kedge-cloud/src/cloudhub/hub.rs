@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use kedge_message::{Message, operation, resource, resource_type};
 use kedge_transport::link::Link;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
@@ -19,13 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use super::queue::{Acked, NodeQueue, QueueLimits};
 use super::session::{self, SessionConfig, SessionEvents};
-
-/// Labels of the refusal counter.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    /// Why.
-    pub reason: String,
-}
+use crate::refusals::Refusals;
 
 /// CloudHub's counters.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +25,7 @@ pub struct HubMetrics {
     /// Connected nodes.
     pub sessions: Gauge,
     /// Messages and connections refused or dropped, by reason.
-    pub refused: Family<ReasonLabel, Counter>,
+    pub refused: Refusals,
     /// Downstream messages acknowledged by nodes.
     pub acked: Counter,
 }
@@ -44,10 +36,9 @@ impl HubMetrics {
         let metrics = Self::default();
         let hub = registry.sub_registry_with_prefix("kedge_cloudhub");
         hub.register("sessions", "Connected edge nodes", metrics.sessions.clone());
-        hub.register(
-            "refused",
+        metrics.refused.register(
+            hub,
             "Messages and connections refused or dropped, by reason",
-            metrics.refused.clone(),
         );
         hub.register(
             "acked",
@@ -58,11 +49,7 @@ impl HubMetrics {
     }
 
     fn refuse(&self, reason: &str) {
-        self.refused
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_owned(),
-            })
-            .inc();
+        self.refused.count(reason);
     }
 }
 
@@ -453,16 +440,7 @@ mod tests {
                 .contains("node limit")
         );
         assert!(edge2.receiver.recv().await.is_none(), "then closed");
-        assert_eq!(
-            hub.inner
-                .metrics
-                .refused
-                .get_or_create(&ReasonLabel {
-                    reason: "node_limit".into()
-                })
-                .get(),
-            1
-        );
+        assert_eq!(hub.inner.metrics.refused.get("node_limit"), 1);
     }
 
     #[tokio::test]
@@ -518,14 +496,7 @@ mod tests {
             .expect("delivered");
         assert_eq!(got.header.resource_version, "7");
         // What n1 could not take was dropped and counted, not buffered.
-        let dropped = hub
-            .inner
-            .metrics
-            .refused
-            .get_or_create(&ReasonLabel {
-                reason: "handoff_full".into(),
-            })
-            .get();
+        let dropped = hub.inner.metrics.refused.get("handoff_full");
         assert!(dropped > 0, "nothing was dropped for the stalled node");
     }
 

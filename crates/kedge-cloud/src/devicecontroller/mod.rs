@@ -14,25 +14,18 @@ use std::sync::Arc;
 
 use kedge_bus::{Module, ModuleContext, ModuleError};
 use kedge_message::{group, module};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
 use crate::cloudhub::objectsync::SyncRecords;
 use crate::cluster::ClusterClient;
+use crate::refusals::Refusals;
 use downstream::Downstream;
 use upstream::Upstream;
 
 /// Reports written at once.
 const REPORTS_IN_FLIGHT: usize = 64;
-
-/// Labels of the refusal counter.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: String,
-}
 
 /// DeviceController's counters.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +33,7 @@ pub struct DeviceControllerMetrics {
     /// Reports acknowledged.
     acknowledged: Counter,
     /// Reports refused or not written, by reason.
-    refused: Family<ReasonLabel, Counter>,
+    refused: Refusals,
 }
 
 impl DeviceControllerMetrics {
@@ -54,10 +47,9 @@ impl DeviceControllerMetrics {
             "Device reports from edge nodes written and acknowledged",
             metrics.acknowledged.clone(),
         );
-        sub.register(
-            "refused",
+        metrics.refused.register(
+            sub,
             "Device reports from edge nodes refused or not written, by reason",
-            metrics.refused.clone(),
         );
         metrics
     }
@@ -125,12 +117,7 @@ impl Module for DeviceController {
                     }
                     Ok(None) => {}
                     Err(refusal) => {
-                        metrics
-                            .refused
-                            .get_or_create(&ReasonLabel {
-                                reason: refusal.reason().to_owned(),
-                            })
-                            .inc();
+                        metrics.refused.count(refusal.reason());
                         tracing::info!(
                             resource = %msg.router.resource,
                             reason = refusal.reason(),

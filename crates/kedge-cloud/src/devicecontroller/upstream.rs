@@ -16,7 +16,8 @@
 //! report that changes nothing is acknowledged without a write. A node may
 //! report only devices bound to it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kedge_apis::devices::{Device, DeviceStatus, Twin, TwinProperty};
@@ -258,9 +259,15 @@ pub struct Upstream {
     written: Arc<Mutex<HashMap<String, (u64, DeviceStatus)>>>,
     /// One write at a time per device.
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The size of `written` at which entries of deleted devices are
+    /// dropped ([`Upstream::prune`]).
+    prune_at: Arc<AtomicUsize>,
     /// What each node acknowledged.
     records: SyncRecords,
 }
+
+/// The fewest entries `written` holds before it is pruned.
+const PRUNE_FLOOR: usize = 1024;
 
 impl Upstream {
     /// Handlers writing through `client`, reading devices from `caches`,
@@ -271,8 +278,37 @@ impl Upstream {
             caches,
             written: Arc::default(),
             locks: Arc::default(),
+            prune_at: Arc::new(AtomicUsize::new(PRUNE_FLOOR)),
             records,
         }
+    }
+
+    /// Drops the last-written status and the write lock of devices that
+    /// are gone, once `written` has grown to twice its size after the last
+    /// pruning (and at least [`PRUNE_FLOOR`]): the maps then hold at most
+    /// about twice the live devices, at an amortised constant cost.
+    fn prune(&self) {
+        let mut written = self
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if written.len() < self.prune_at.load(Ordering::Relaxed) {
+            return;
+        }
+        let live: HashSet<String> = self
+            .caches
+            .devices
+            .state()
+            .iter()
+            .filter_map(|device| device.uid())
+            .collect();
+        written.retain(|uid, _| live.contains(uid));
+        self.locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|uid, lock| live.contains(uid) || Arc::strong_count(lock) > 1);
+        self.prune_at
+            .store((written.len() * 2).max(PRUNE_FLOOR), Ordering::Relaxed);
     }
 
     /// Handles one message from an edge node: the reply to send, if any.
@@ -412,6 +448,7 @@ impl Upstream {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .insert(uid, (new_version, updated.status.unwrap_or_default()));
+                    self.prune();
                     return Ok(());
                 }
                 Err(kube::Error::Api(response)) if response.code == 409 => {

@@ -19,24 +19,17 @@ use std::sync::Arc;
 
 use kedge_bus::{Module, ModuleContext, ModuleError};
 use kedge_message::{group, module};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
 use crate::cluster::ClusterClient;
+use crate::refusals::Refusals;
 use downstream::Downstream;
 use upstream::Upstream;
 
 /// Upstream requests handled at once.
 const REQUESTS_IN_FLIGHT: usize = 64;
-
-/// Labels of the refusal counter.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: String,
-}
 
 /// EdgeController's counters.
 #[derive(Debug, Clone, Default)]
@@ -44,7 +37,7 @@ pub struct EdgeControllerMetrics {
     /// Upstream requests answered.
     handled: Counter,
     /// Upstream requests refused, by reason.
-    refused: Family<ReasonLabel, Counter>,
+    refused: Refusals,
 }
 
 impl EdgeControllerMetrics {
@@ -57,11 +50,9 @@ impl EdgeControllerMetrics {
             "Requests from edge nodes answered",
             metrics.handled.clone(),
         );
-        sub.register(
-            "refused",
-            "Requests from edge nodes refused, by reason",
-            metrics.refused.clone(),
-        );
+        metrics
+            .refused
+            .register(sub, "Requests from edge nodes refused, by reason");
         metrics
     }
 }
@@ -120,12 +111,7 @@ impl Module for EdgeController {
                     Ok(Some(answer)) => answer,
                     Ok(None) => return,
                     Err(refusal) => {
-                        metrics
-                            .refused
-                            .get_or_create(&ReasonLabel {
-                                reason: refusal.reason().to_owned(),
-                            })
-                            .inc();
+                        metrics.refused.count(refusal.reason());
                         tracing::info!(
                             resource = %msg.router.resource,
                             operation = %msg.router.operation,
