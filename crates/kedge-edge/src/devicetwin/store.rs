@@ -5,11 +5,15 @@
 //! * `device_twin(id, deviceid, name, description, expected, actual,
 //!   expected_meta, actual_meta, expected_version, actual_version,
 //!   optional, attr_type, metadata)`, values as text and metadata and
-//!   versions as JSON, a deleted twin kept as a row of type `deleted`.
+//!   versions as JSON, a deleted twin kept as a row of type `deleted`;
+//! * `device_attr(id, deviceid, name, description, value, optional,
+//!   attr_type, metadata)`, KubeEdge's attribute table, created so the
+//!   file has KubeEdge's layout; v1beta1 Devices carry no attributes, so
+//!   it stays empty.
 //!
 //! A device's rows change in one transaction, which takes the write lock
 //! when it begins (MetaManager writes the same file); deleting a device
-//! deletes its twins with it.
+//! deletes its twins and attributes with it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,6 +33,10 @@ CREATE TABLE IF NOT EXISTS device_twin (
     expected_version TEXT, actual_version TEXT,
     optional INTEGER, attr_type TEXT, metadata TEXT);
 CREATE INDEX IF NOT EXISTS device_twin_deviceid ON device_twin(deviceid, name);
+CREATE TABLE IF NOT EXISTS device_attr (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    deviceid TEXT, name TEXT, description TEXT, value TEXT,
+    optional INTEGER, attr_type TEXT, metadata TEXT);
 ";
 
 /// A device and its twins.
@@ -179,6 +187,7 @@ impl TwinStore {
             .connection
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM device_twin WHERE deviceid = ?1", params![id])?;
+        tx.execute("DELETE FROM device_attr WHERE deviceid = ?1", params![id])?;
         tx.execute("DELETE FROM device WHERE id = ?1", params![id])?;
         tx.commit()
     }
@@ -190,7 +199,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn devices_and_twins_survive_a_reopen_and_deletes_take_the_twins() {
+    fn devices_and_twins_survive_a_reopen_and_deletes_take_twins_and_attributes() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("edgecore.db");
         let mut store = TwinStore::open(&path).expect("open");
@@ -219,17 +228,29 @@ mod tests {
             },
         );
         store.save(&device).expect("save");
+        // An attribute row, as KubeEdge's table holds them.
+        store
+            .connection
+            .execute(
+                "INSERT INTO device_attr (deviceid, name, value) VALUES ('thermo-1', 'vendor', 'x')",
+                [],
+            )
+            .expect("attribute");
         drop(store);
         let mut store = TwinStore::open(&path).expect("reopen");
         let loaded = store.load().expect("load");
         assert_eq!(loaded.get("thermo-1"), Some(&device));
         store.delete("thermo-1").expect("delete");
         assert!(store.load().expect("load").is_empty());
-        let twins: i64 = store
-            .connection
-            .query_row("SELECT COUNT(*) FROM device_twin", [], |row| row.get(0))
-            .expect("count");
-        assert_eq!(twins, 0);
+        for table in ["device_twin", "device_attr"] {
+            let rows: i64 = store
+                .connection
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                    row.get(0)
+                })
+                .expect("count");
+            assert_eq!(rows, 0, "{table}");
+        }
     }
 
     /// MetaManager and DeviceTwin write the same file from two

@@ -374,8 +374,8 @@ impl Hub {
         let durable = is_durable(&msg);
         if durable {
             self.store(&msg).await;
-            self.sent_at.insert(msg.id().to_owned(), Instant::now());
         }
+        let id = msg.id().to_owned();
         // Enough of the message to report it if the link is gone.
         let stub = Message {
             header: msg.header.clone(),
@@ -383,7 +383,15 @@ impl Hub {
             content: serde_json::Value::Null,
         };
         match self.send(sender, msg).await {
-            Sent::Yes | Sent::Shutdown => true,
+            Sent::Yes => {
+                // Timed from when it left, not from when it was queued
+                // behind the throttle.
+                if durable {
+                    self.sent_at.insert(id, Instant::now());
+                }
+                true
+            }
+            Sent::Shutdown => true,
             Sent::LinkClosed => {
                 // A durable report stays in the outbox for the next link.
                 if !durable {

@@ -36,7 +36,9 @@
 //! `mqttServerInternal` stops edgecore, as in KubeEdge.
 //!
 //! An external broker that is down is dialled again every 5 s (KubeEdge's
-//! wait). TLS towards a broker (`eventBusTLS`) and the cloud's `subscribe`
+//! wait); meanwhile up to 1024 publishes wait for it and further ones are
+//! dropped, so a missing broker never stalls EventBus or the modules that
+//! send to it (DeviceTwin, and DMI behind it). TLS towards a broker (`eventBusTLS`) and the cloud's `subscribe`
 //! requests (extra topics kept in `sub_topics`) are not supported yet.
 
 pub mod broker;
@@ -363,10 +365,12 @@ impl Module for EventBus {
             {
                 tracing::debug!(%error, %topic, "eventbus: not published");
             }
+            // Never waits: with the broker down and the client's queue
+            // full, the message is dropped rather than stalling EventBus
+            // and, behind it, DeviceTwin and DMI.
             if let Some(client) = &client
-                && let Err(error) = client
-                    .publish(topic.clone(), settings.qos, settings.retain, payload)
-                    .await
+                && let Err(error) =
+                    client.try_publish(topic.clone(), settings.qos, settings.retain, payload)
             {
                 tracing::debug!(%error, %topic, "eventbus: not published");
             }
@@ -488,6 +492,36 @@ mod tests {
             }
         });
         found.await.expect("the packet arrives in time")
+    }
+
+    #[tokio::test]
+    async fn a_missing_external_broker_never_stalls_what_sends_to_eventbus() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut config = embedded_at(port);
+        // Nobody listens at the external address.
+        config.modules.event_bus.mqtt_mode = MqttMode::External;
+        config.modules.event_bus.mqtt_server_external = format!("tcp://127.0.0.1:{port}");
+        let (bus, _twin, _hub) = start_bus(EventBus::from_config(&config));
+        // Far more than the client's queue and EventBus's inbox hold.
+        let sent = tokio::time::timeout(WAIT, async {
+            for i in 0..(4 * CLIENT_CAPACITY) {
+                let msg = Message::new(
+                    module::DEVICE_TWIN,
+                    group::BUS,
+                    operation::PUBLISH,
+                    format!("$hw/events/device/d{i}/twin/update/result"),
+                    json!("{}"),
+                );
+                bus.handle()
+                    .send(module::EVENT_BUS, msg)
+                    .await
+                    .expect("sent to eventbus");
+            }
+        });
+        sent.await.expect("EventBus keeps taking messages");
     }
 
     #[tokio::test]
