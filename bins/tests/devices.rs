@@ -390,28 +390,7 @@ async fn mqtt_clients_drive_the_twin_and_reports_reach_the_device_status() {
     let device_topic = format!("$hw/events/device/{DEVICE}");
 
     // The device reaches the edge by membership: it is listed there.
-    let membership = format!("$hw/events/node/{EDGE}/membership/get");
-    let deadline = tokio::time::Instant::now() + support::DEADLINE;
-    loop {
-        let listed = mqtt::request(
-            &broker,
-            &membership,
-            &format!("{membership}/result"),
-            |_| r#"{"event_id":"m"}"#.to_owned(),
-        )
-        .await;
-        if listed["devices"]
-            .as_array()
-            .is_some_and(|devices| devices.iter().any(|d| d["id"] == DEVICE))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the device never reached the edge: {listed}\n{}",
-            edge.log()
-        );
-    }
+    mqtt::wait_listed(&broker, EDGE, DEVICE, || edge.log()).await;
 
     // A reported value from a plain MQTT client: the result answers it,
     // and kubectl shows it in the Device's status.

@@ -10,7 +10,7 @@ mod support;
 
 use serde_json::json;
 use support::edgecore::EdgeCore;
-use support::mqtt::{next_message, request, wait_until_listening};
+use support::mqtt::{next_message, request, wait_listed, wait_until_listening};
 use support::{Backend, Cloud};
 
 const EDGE: &str = "edge-embedded-mqtt";
@@ -54,28 +54,7 @@ async fn mqtt_clients_drive_the_twin_through_the_embedded_broker() {
     wait_until_listening(&broker, "edgecore's embedded broker").await;
 
     // The device reaches the edge by membership: it is listed there.
-    let membership = format!("$hw/events/node/{EDGE}/membership/get");
-    let deadline = tokio::time::Instant::now() + support::DEADLINE;
-    loop {
-        let listed = request(
-            &broker,
-            &membership,
-            &format!("{membership}/result"),
-            |_| r#"{"event_id":"m"}"#.to_owned(),
-        )
-        .await;
-        if listed["devices"]
-            .as_array()
-            .is_some_and(|devices| devices.iter().any(|d| d["id"] == DEVICE))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the device never reached the edge: {listed}\n{}",
-            edge.log()
-        );
-    }
+    wait_listed(&broker, EDGE, DEVICE, || edge.log()).await;
 
     // Update: a reported value is answered on the result topic and shows
     // in the Device's status.

@@ -110,3 +110,31 @@ pub async fn next_text(address: &str, topic: &str, cause: impl AsyncFn(u32)) -> 
     }
     unreachable!("the loop returns or panics")
 }
+
+/// Asks membership get of `node`, through the broker at `address`, until
+/// the list holds `device`; `log` says what the edge did, for the failure
+/// message.
+pub async fn wait_listed(address: &str, node: &str, device: &str, log: impl Fn() -> String) {
+    let membership = format!("$hw/events/node/{node}/membership/get");
+    let deadline = tokio::time::Instant::now() + super::DEADLINE;
+    loop {
+        let listed = request(
+            address,
+            &membership,
+            &format!("{membership}/result"),
+            |_| r#"{"event_id":"m"}"#.to_owned(),
+        )
+        .await;
+        if listed["devices"]
+            .as_array()
+            .is_some_and(|devices| devices.iter().any(|d| d["id"] == device))
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the device never reached the edge: {listed}\n{}",
+            log()
+        );
+    }
+}
