@@ -114,6 +114,8 @@ set_fields "$work/edgecore.yaml" \
   "modules.edgeHub.tlsCaFile=$work/edge/ca/rootCA.crt" \
   "modules.edgeHub.tlsCertFile=$work/edge/certs/server.crt" \
   "modules.edgeHub.tlsPrivateKeyFile=$work/edge/certs/server.key" \
+  "modules.eventBus.mqttServerInternal=tcp://127.0.0.1:$(free_port)" \
+  "modules.deviceTwin.dmiSockPath=$work/edge/dmi.sock" \
   "modules.metaManager.metaServer.enable=true" \
   "modules.metaManager.metaServer.server=127.0.0.1:$(free_port)" \
   "modules.edged.hostnameOverride=$node" \
