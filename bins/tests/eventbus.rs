@@ -10,7 +10,7 @@ mod support;
 
 use serde_json::json;
 use support::edgecore::EdgeCore;
-use support::mqtt::{next_message, request, wait_listed, wait_until_listening};
+use support::mqtt::{next_message, twin_round_trip, wait_listed, wait_until_listening};
 use support::{Backend, Cloud};
 
 const EDGE: &str = "edge-embedded-mqtt";
@@ -56,49 +56,10 @@ async fn mqtt_clients_drive_the_twin_through_the_embedded_broker() {
     // The device reaches the edge by membership: it is listed there.
     wait_listed(&broker, EDGE, DEVICE, || edge.log()).await;
 
-    // Update: a reported value is answered on the result topic and shows
-    // in the Device's status.
+    // A reported value is answered and shows in the Device's status; twin
+    // get answers with it; a differing desired value gives a delta.
+    twin_round_trip(&cloud, &broker, DEVICE).await;
     let update = format!("$hw/events/device/{DEVICE}/twin/update");
-    let result = request(&broker, &update, &format!("{update}/result"), |_| {
-        r#"{"event_id":"u1","twin":{"temperature":{"actual":{"value":"23"},"metadata":{"type":"int"}}}}"#
-            .to_owned()
-    })
-    .await;
-    assert_eq!(result["event_id"], "u1");
-    assert!(result.get("code").is_none(), "{result}");
-    cloud
-        .eventually(
-            &[
-                "get",
-                "device",
-                DEVICE,
-                "-o",
-                "jsonpath={.status.twins[0].reported.value}",
-            ],
-            |value| value == "23",
-        )
-        .await;
-
-    // Get: the stored twin.
-    let get = format!("$hw/events/device/{DEVICE}/twin/get");
-    let got = request(&broker, &get, &format!("{get}/result"), |_| {
-        r#"{"event_id":"g1"}"#.to_owned()
-    })
-    .await;
-    assert_eq!(got["event_id"], "g1");
-    assert_eq!(got["twin"]["temperature"]["actual"]["value"], "23");
-
-    // Delta: a desired value that differs from the reported one.
-    let delta = request(&broker, &update, &format!("{update}/delta"), |attempt| {
-        format!(
-            r#"{{"twin":{{"temperature":{{"expected":{{"value":"{}"}}}}}}}}"#,
-            30 + attempt
-        )
-    })
-    .await;
-    let wanted = delta["delta"]["temperature"].as_str().expect("delta value");
-    assert!(wanted.starts_with('3'), "{delta}");
-    assert_eq!(delta["twin"]["temperature"]["actual"]["value"], "23");
 
     // A desired value patched with kubectl reaches the edge as the
     // cloud's, and MQTT mappers get it as a delta.

@@ -138,3 +138,54 @@ pub async fn wait_listed(address: &str, node: &str, device: &str, log: impl Fn()
         );
     }
 }
+
+/// Drives `device`'s twin through the broker at `address` as a plain MQTT
+/// client does: a reported value (23) is answered on the result topic and
+/// shows in `kubectl get device`; twin get answers with it; a differing
+/// desired value gives a delta. Returns the twin get answer.
+pub async fn twin_round_trip(
+    cloud: &super::Cloud,
+    address: &str,
+    device: &str,
+) -> serde_json::Value {
+    let update = format!("$hw/events/device/{device}/twin/update");
+    let result = request(address, &update, &format!("{update}/result"), |_| {
+        r#"{"event_id":"u1","twin":{"temperature":{"actual":{"value":"23"},"metadata":{"type":"int"}}}}"#
+            .to_owned()
+    })
+    .await;
+    assert_eq!(result["event_id"], "u1");
+    assert!(result.get("code").is_none(), "{result}");
+    cloud
+        .eventually(
+            &[
+                "get",
+                "device",
+                device,
+                "-o",
+                "jsonpath={.status.twins[0].reported.value}",
+            ],
+            |value| value == "23",
+        )
+        .await;
+
+    let get = format!("$hw/events/device/{device}/twin/get");
+    let got = request(address, &get, &format!("{get}/result"), |_| {
+        r#"{"event_id":"g1"}"#.to_owned()
+    })
+    .await;
+    assert_eq!(got["event_id"], "g1");
+    assert_eq!(got["twin"]["temperature"]["actual"]["value"], "23");
+
+    let delta = request(address, &update, &format!("{update}/delta"), |attempt| {
+        format!(
+            r#"{{"twin":{{"temperature":{{"expected":{{"value":"{}"}}}}}}}}"#,
+            30 + attempt
+        )
+    })
+    .await;
+    let wanted = delta["delta"]["temperature"].as_str().expect("delta value");
+    assert!(wanted.starts_with('3'), "{delta}");
+    assert_eq!(delta["twin"]["temperature"]["actual"]["value"], "23");
+    got
+}

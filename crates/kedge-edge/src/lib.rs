@@ -23,6 +23,8 @@ pub mod eventbus;
 pub mod hollow;
 pub mod hollow_edgecore;
 pub mod metamanager;
+#[cfg(test)]
+mod testing;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -399,11 +399,7 @@ fn model_to_dmi(model: &Value) -> Result<dmi::DeviceModel, String> {
 
 /// The object a MetaManager message carries.
 fn object_of(msg: &Message) -> Option<Value> {
-    let object = match &msg.content {
-        Value::String(text) => serde_json::from_str(text).ok()?,
-        other => other.clone(),
-    };
-    object.is_object().then_some(object)
+    super::content_value(msg).filter(Value::is_object)
 }
 
 /// Calls the mappers, one call at a time, in order.

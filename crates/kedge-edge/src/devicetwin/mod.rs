@@ -133,10 +133,6 @@ fn content_value(msg: &Message) -> Option<Value> {
 
 /// The desired values of a Device object's properties, by name.
 fn desired_values(device: &Value) -> BTreeMap<String, String> {
-    let device = match device {
-        Value::String(text) => serde_json::from_str(text).unwrap_or_default(),
-        other => other.clone(),
-    };
     device
         .pointer("/spec/properties")
         .and_then(Value::as_array)
@@ -185,7 +181,9 @@ fn classify(msg: &Message) -> Inbound {
         let desired = if deleted {
             BTreeMap::new()
         } else {
-            desired_values(&msg.content)
+            content_value(msg)
+                .map(|device| desired_values(&device))
+                .unwrap_or_default()
         };
         let (added, removed) = if deleted {
             (None, Some(vec![member]))

@@ -391,35 +391,10 @@ mod tests {
     use serde_json::json;
     use tokio::sync::mpsc::UnboundedReceiver;
 
+    use crate::testing::Recorder;
+
     /// How long anything awaited may take.
     const WAIT: Duration = Duration::from_secs(20);
-
-    /// Passes everything it receives to the test.
-    struct Recorder {
-        name: &'static str,
-        group: &'static str,
-        seen: mpsc::UnboundedSender<Message>,
-    }
-
-    impl Module for Recorder {
-        fn name(&self) -> &str {
-            self.name
-        }
-
-        fn group(&self) -> &str {
-            self.group
-        }
-
-        async fn run(self, mut ctx: ModuleContext) -> Result<(), ModuleError> {
-            ctx.set_ready();
-            while let Some(msg) = ctx.recv().await {
-                if self.seen.send(msg).is_err() {
-                    break;
-                }
-            }
-            Ok(())
-        }
-    }
 
     /// The default configuration with the embedded broker at `port`.
     fn embedded_at(port: u16) -> EdgeCoreConfig {

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kedge_bus::{BusBuilder, BusConfig, BusHandle, Module, ModuleContext, ModuleError, RunningBus};
+use kedge_bus::{BusBuilder, BusConfig, BusHandle, RunningBus};
 use kedge_message::{Message, content, operation};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
@@ -13,33 +13,7 @@ use tokio::sync::mpsc;
 use super::NOT_CONNECTED;
 use crate::edgehub::routing::connection_event;
 use crate::metamanager::{MetaManager, MetaManagerSettings};
-
-/// Passes everything it receives to the test.
-struct Recorder {
-    name: &'static str,
-    group: &'static str,
-    seen: mpsc::UnboundedSender<Message>,
-}
-
-impl Module for Recorder {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn group(&self) -> &str {
-        self.group
-    }
-
-    async fn run(self, mut ctx: ModuleContext) -> Result<(), ModuleError> {
-        ctx.set_ready();
-        while let Some(msg) = ctx.recv().await {
-            if self.seen.send(msg).is_err() {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
+use crate::testing::Recorder;
 
 struct Harness {
     bus: RunningBus,
