@@ -26,7 +26,7 @@ use std::time::Duration;
 use kedge_message::{DecodeError, Message, operation};
 use rustls_pki_types::CertificateDer;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,7 +34,7 @@ use tracing::{Instrument, Span, debug, warn};
 
 use crate::client::ConnectTarget;
 use crate::limits::{LinkLimits, TokenBucket};
-use crate::link::{Link, LinkEnds, Peer, new_link};
+use crate::link::{Link, LinkEnds, Peer, Queued, new_link};
 use crate::metrics::{LinkMetrics, RefuseReason, Transport};
 
 /// The common-name prefix of a node certificate: `system:node:<name>`.
@@ -277,7 +277,7 @@ pub(crate) async fn drive<R, W>(
         incoming,
         closed,
     } = ends;
-    let (control_tx, mut control_rx) = mpsc::channel::<Message>(CONTROL_BUFFER);
+    let (control_tx, mut control_rx) = mpsc::channel::<Queued>(CONTROL_BUFFER);
     let mut intake = FrameIntake::new(transport, limits, metrics.clone());
 
     let reader = async {
@@ -306,7 +306,7 @@ pub(crate) async fn drive<R, W>(
                     tokio::select! {
                         biased;
                         () = closed.cancelled() => break,
-                        sent = incoming.send(msg) => if sent.is_err() { break },
+                        sent = incoming.send(Box::new(msg)) => if sent.is_err() { break },
                     }
                     metrics.receive(transport);
                 }
@@ -314,7 +314,7 @@ pub(crate) async fn drive<R, W>(
                     tokio::select! {
                         biased;
                         () = closed.cancelled() => break,
-                        sent = control_tx.send(reply) => if sent.is_err() { break },
+                        sent = control_tx.send(Box::new(reply)) => if sent.is_err() { break },
                     }
                 }
                 Intake::Dropped => {}
@@ -405,6 +405,9 @@ where
 /// What one server connection task needs, whatever the transport.
 #[derive(Debug)]
 pub(crate) struct Admission {
+    /// Held until the handshake ends (the connection is driven or
+    /// dropped): one of the server's [`LinkLimits::max_handshakes`].
+    pub(crate) handshaking: OwnedSemaphorePermit,
     pub(crate) transport: Transport,
     pub(crate) limits: Arc<LinkLimits>,
     pub(crate) metrics: LinkMetrics,
@@ -453,23 +456,24 @@ impl Admission {
         }
     }
 
-    /// Drives an admitted connection until it or the server ends.
+    /// Drives an admitted connection until it or the server ends; its
+    /// handshake is over, so another connection may start one.
     pub(crate) async fn drive<R: FrameSource, W: FrameSink>(
         self,
         source: R,
         sink: W,
         ends: LinkEnds,
     ) {
-        drive(
-            source,
-            sink,
-            ends,
-            self.transport,
-            &self.limits,
-            self.metrics,
-            self.shutdown,
-        )
-        .await;
+        let Self {
+            handshaking,
+            transport,
+            limits,
+            metrics,
+            shutdown,
+            ..
+        } = self;
+        drop(handshaking);
+        drive(source, sink, ends, transport, &limits, metrics, shutdown).await;
     }
 }
 
@@ -483,6 +487,7 @@ pub(crate) struct Connections {
     accepted: mpsc::Sender<Link>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    handshakes: Arc<Semaphore>,
 }
 
 impl Connections {
@@ -496,6 +501,7 @@ impl Connections {
     ) -> Self {
         Self {
             transport,
+            handshakes: Arc::new(Semaphore::new(limits.max_handshakes.max(1))),
             limits: Arc::new(limits),
             metrics,
             accepted,
@@ -513,18 +519,28 @@ impl Connections {
         }
     }
 
-    /// Runs one connection's task, given what it needs.
-    pub(crate) fn spawn<F>(&self, task: impl FnOnce(Admission) -> F)
+    /// Runs one connection's task, given what it needs, if fewer than
+    /// [`LinkLimits::max_handshakes`] connections are handshaking;
+    /// otherwise counts the refusal and gives `task` back, for the caller
+    /// to refuse the connection at once.
+    pub(crate) fn spawn<T, F>(&self, task: T) -> Result<(), T>
     where
+        T: FnOnce(Admission) -> F,
         F: Future<Output = ()> + Send + 'static,
     {
+        let Ok(handshaking) = Arc::clone(&self.handshakes).try_acquire_owned() else {
+            self.metrics.refuse(self.transport, RefuseReason::Busy);
+            return Err(task);
+        };
         self.tracker.spawn(task(Admission {
+            handshaking,
             transport: self.transport,
             limits: Arc::clone(&self.limits),
             metrics: self.metrics.clone(),
             accepted: self.accepted.clone(),
             shutdown: self.shutdown.child_token(),
         }));
+        Ok(())
     }
 
     /// Stops every connection and returns once they are gone.

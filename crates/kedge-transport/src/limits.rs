@@ -41,6 +41,15 @@ pub struct LinkLimits {
     /// so the peer is slowed down rather than memory growing. Default 100,
     /// the size of KubeEdge's edge receive queue.
     pub buffer: usize,
+    /// Connections a server lets handshake at once (at least 1); one
+    /// more is refused at once, before any TLS work (QUIC answers
+    /// CONNECTION_REFUSED, WebSocket closes the TCP connection), and its
+    /// node backs off and dials again. Default 1,024: after a cloudcore
+    /// restart every node dials within a second, and without a bound
+    /// the handshakes, each a few packets and some milliseconds of
+    /// cryptography, pile up until the established links' packets are
+    /// dropped with them. Clients ignore it.
+    pub max_handshakes: usize,
 }
 
 /// The default [`LinkLimits::max_frame_bytes`]: 4 MiB, room for the
@@ -53,6 +62,8 @@ pub const DEFAULT_MAX_HANDSHAKE_BYTES: usize = 8 * 1024;
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default [`LinkLimits::buffer`]: 100 messages.
 pub const DEFAULT_BUFFER: usize = 100;
+/// The default [`LinkLimits::max_handshakes`]: 1,024 connections.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
 
 impl Default for LinkLimits {
     fn default() -> Self {
@@ -62,6 +73,7 @@ impl Default for LinkLimits {
             rate: Some(RateLimit::default()),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             buffer: DEFAULT_BUFFER,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
         }
     }
 }

@@ -48,17 +48,21 @@ pub enum RefuseReason {
     /// Any other failed handshake: timeout, missing `node_id`, oversized
     /// or malformed request, TLS failure other than the certificate.
     Handshake,
+    /// A new connection while [`crate::limits::LinkLimits::max_handshakes`]
+    /// others were handshaking: refused at once, before any TLS work.
+    Busy,
 }
 
 impl RefuseReason {
     /// Every reason, for dashboards and tests.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::TooLarge,
         Self::Malformed,
         Self::RateLimited,
         Self::Unauthorized,
         Self::NodeMismatch,
         Self::Handshake,
+        Self::Busy,
     ];
 
     /// The label value.
@@ -70,6 +74,7 @@ impl RefuseReason {
             Self::Unauthorized => "unauthorized",
             Self::NodeMismatch => "node_mismatch",
             Self::Handshake => "handshake",
+            Self::Busy => "busy",
         }
     }
 }

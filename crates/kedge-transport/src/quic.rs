@@ -90,11 +90,16 @@ const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(20);
 /// Silence after which a connection is dead, in milliseconds.
 const IDLE_TIMEOUT_MS: u32 = 30_000;
 
-/// Receive and send buffer asked for each UDP socket (the kernel caps it
-/// at `net.core.rmem_max` / `wmem_max`): one socket carries the packets
-/// of every connection of an endpoint, and the default of ~200 KiB
-/// overflows when thousands of them are busy at once.
+/// Receive and send buffer asked for each client UDP socket (the kernel
+/// caps it at `net.core.rmem_max` / `wmem_max`): one socket carries the
+/// packets of every connection of an endpoint, and the default of
+/// ~200 KiB overflows when thousands of them are busy at once.
 const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+/// The same for the server's socket, which carries every node's packets:
+/// a burst of reconnecting nodes fills 8 MiB. Raise the kernel's caps to
+/// let it have this much (docs/link.md).
+const SERVER_UDP_BUFFER_BYTES: usize = 64 << 20;
 
 /// Bytes skipped per read when discarding an oversized frame.
 const SKIP_CHUNK: usize = 64 * 1024;
@@ -170,7 +175,7 @@ pub fn server_endpoint(
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
     let bind_error = |source| QuicSetupError::Bind { address, source };
-    let socket = bind_udp(address).map_err(bind_error)?;
+    let socket = bind_udp(address, SERVER_UDP_BUFFER_BYTES).map_err(bind_error)?;
     quinn::Endpoint::new(
         endpoint_config,
         Some(config),
@@ -204,11 +209,17 @@ pub async fn serve(
             },
         };
         let address = incoming.remote_address();
-        connections.spawn(|admission| {
+        let refused = connections.spawn(|admission| {
             ServerConnection { admission }
                 .run(incoming)
                 .instrument(info_span!("quic_link", %address))
         });
+        if let Err(task) = refused {
+            // The task owns the `Incoming`: dropping it unaccepted makes
+            // quinn answer CONNECTION_REFUSED.
+            drop(task);
+            debug!(%address, "too many handshakes at once; connection refused");
+        }
     }
     connections.close().await;
     endpoint.close(VarInt::from_u32(CLOSE_NORMAL), b"server shutting down");
@@ -578,17 +589,17 @@ fn local_address(target: &ConnectTarget, server: SocketAddr) -> IpAddr {
     })
 }
 
-/// A UDP socket bound to `address` with [`UDP_BUFFER_BYTES`] buffers
-/// (or what the kernel allows).
-fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// A UDP socket bound to `address` with buffers of `buffer` bytes (or
+/// what the kernel allows).
+fn bind_udp(address: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(address),
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )?;
     // Best effort: a smaller buffer still works, it only drops sooner.
-    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
-    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
     if address.is_ipv6() {
         socket.set_only_v6(false)?;
     }
@@ -602,7 +613,7 @@ fn client_endpoint(target: &ConnectTarget, local: IpAddr) -> Result<quinn::Endpo
         server: target.server.clone(),
         source,
     };
-    let socket = bind_udp(SocketAddr::new(local, 0)).map_err(connect_error)?;
+    let socket = bind_udp(SocketAddr::new(local, 0), UDP_BUFFER_BYTES).map_err(connect_error)?;
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         None,
@@ -813,8 +824,9 @@ mod tests {
     use super::*;
     use crate::limits::RateLimit;
     use crate::testutil::{
-        Server, TestCa, a_node_id_that_differs_from_the_certificate_is_refused, app_message,
-        eventually, unlimited, within,
+        Server, TestCa, a_connection_over_the_handshake_limit_is_refused_at_once,
+        a_node_id_that_differs_from_the_certificate_is_refused, app_message, eventually, unlimited,
+        within,
     };
 
     fn start_server(ca: &TestCa, limits: LinkLimits) -> Server {
@@ -949,6 +961,34 @@ mod tests {
         let ca = TestCa::new("test CA");
         let server = start_server(&ca, LinkLimits::default());
         a_node_id_that_differs_from_the_certificate_is_refused(server, &ca).await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_handshake_limit_is_refused() {
+        let ca = TestCa::new("test CA");
+        let limits = LinkLimits {
+            max_handshakes: 1,
+            ..LinkLimits::default()
+        };
+        let server = start_server(&ca, limits);
+        // Past TLS, but no header message: the handshake stays open.
+        let identity = ca.client("system:node:edge-1");
+        let mut crypto = (*ca.client_config(Some(&identity))).clone();
+        crypto.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = QuicClientConfig::try_from(crypto).expect("quic crypto");
+        let endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
+        let held = endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(crypto)),
+                server.address,
+                "127.0.0.1",
+            )
+            .expect("connecting")
+            .await
+            .expect("connected");
+        let handshaking = (held, endpoint);
+        a_connection_over_the_handshake_limit_is_refused_at_once(server, &ca, handshaking).await;
     }
 
     #[tokio::test]

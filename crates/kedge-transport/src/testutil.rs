@@ -257,3 +257,36 @@ pub(crate) async fn a_node_id_that_differs_from_the_certificate_is_refused(
     assert_eq!(server.metrics.accepted(server.transport), 0);
     server.stop().await;
 }
+
+/// With one handshake allowed at once (`max_handshakes: 1`) and
+/// `handshaking` holding it (a client past TLS that never sends its
+/// handshake), another node is refused at once, before TLS, and counted
+/// as busy; once `handshaking` is gone, that node connects.
+pub(crate) async fn a_connection_over_the_handshake_limit_is_refused_at_once<H>(
+    mut server: Server,
+    ca: &TestCa,
+    handshaking: H,
+) {
+    let identity = ca.client("system:node:edge-2");
+    let tls = ca.client_config(Some(&identity));
+    let refused = within("the refusal", server.dial("edge-2", Arc::clone(&tls))).await;
+    assert!(refused.is_err(), "a second handshake was let in");
+    server.wait_refused(RefuseReason::Busy, 1).await;
+    assert_eq!(server.metrics.accepted(server.transport), 0);
+
+    // The held handshake fails once its client is gone, which frees the
+    // slot; a dial may still meet it taken for a moment.
+    drop(handshaking);
+    server.wait_refused(RefuseReason::Handshake, 1).await;
+    let link = within("a connection once the slot is free", async {
+        loop {
+            if let Ok(link) = server.dial("edge-2", Arc::clone(&tls)).await {
+                break link;
+            }
+        }
+    })
+    .await;
+    assert_eq!(server.next_link().await.peer.node_id, "edge-2");
+    drop(link);
+    server.stop().await;
+}

@@ -276,7 +276,7 @@ pub async fn serve(
             },
         };
         let acceptor = acceptor.clone();
-        connections.spawn(|admission| {
+        let refused = connections.spawn(|admission| {
             ServerConnection {
                 acceptor,
                 admission,
@@ -284,6 +284,12 @@ pub async fn serve(
             .run(tcp, address)
             .instrument(info_span!("ws_link", %address))
         });
+        if let Err(task) = refused {
+            // The task owns the TCP stream: dropping it closes the
+            // connection before any TLS work.
+            drop(task);
+            debug!(%address, "too many handshakes at once; connection refused");
+        }
     }
     connections.close().await;
 }
@@ -577,8 +583,9 @@ mod tests {
     use super::*;
     use crate::limits::RateLimit;
     use crate::testutil::{
-        Server, TestCa, a_node_id_that_differs_from_the_certificate_is_refused, app_message,
-        eventually, unlimited, within,
+        Server, TestCa, a_connection_over_the_handshake_limit_is_refused_at_once,
+        a_node_id_that_differs_from_the_certificate_is_refused, app_message, eventually, unlimited,
+        within,
     };
     use kedge_message::{Message, operation};
     use serde_json::Value;
@@ -878,6 +885,23 @@ mod tests {
         server.wait_refused(RefuseReason::Handshake, 1).await;
         assert_eq!(server.metrics.accepted(Transport::Ws), 0);
         server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_handshake_limit_is_refused() {
+        let ca = TestCa::new("test CA");
+        let limits = LinkLimits {
+            max_handshakes: 1,
+            ..LinkLimits::default()
+        };
+        let server = start_server(&ca, limits).await;
+        // Past TLS, but no upgrade request: the handshake stays open.
+        let identity = ca.client("system:node:edge-1");
+        let (handshaking, _) =
+            dial_tls(&server.target("edge-1"), ca.client_config(Some(&identity)))
+                .await
+                .expect("TLS");
+        a_connection_over_the_handshake_limit_is_refused_at_once(server, &ca, handshaking).await;
     }
 
     #[tokio::test]

@@ -211,6 +211,13 @@ pub struct CloudHub {
     /// quiet time. Must be greater than 0. Default 200.
     #[serde(default = "default_node_message_burst")]
     pub node_message_burst: i32,
+    /// Kedge only: edge connections allowed to handshake at once, over
+    /// WebSocket and QUIC each; one more is refused before any TLS work
+    /// and its node backs off. Bounds the work a reconnect flood (every
+    /// node at once after a cloudcore restart) can pile up. Must be
+    /// greater than 0. Default 1024.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: i32,
 }
 
 fn default_node_message_qps() -> i32 {
@@ -219,6 +226,10 @@ fn default_node_message_qps() -> i32 {
 
 fn default_node_message_burst() -> i32 {
     200
+}
+
+fn default_max_handshakes() -> i32 {
+    1024
 }
 
 /// CloudHub's QUIC server.
@@ -862,6 +873,7 @@ impl CloudCoreConfig {
                     token_refresh_duration: 12,
                     node_message_qps: default_node_message_qps(),
                     node_message_burst: default_node_message_burst(),
+                    max_handshakes: default_max_handshakes(),
                 },
                 edge_controller: EdgeController {
                     enable: true,
@@ -1016,6 +1028,7 @@ impl CloudCoreConfig {
             v.positive("modules.cloudHub.writeTimeout", hub.write_timeout);
             v.positive("modules.cloudHub.nodeMessageQPS", hub.node_message_qps);
             v.positive("modules.cloudHub.nodeMessageBurst", hub.node_message_burst);
+            v.positive("modules.cloudHub.maxHandshakes", hub.max_handshakes);
             v.positive(
                 "modules.cloudHub.tokenRefreshDuration",
                 hub.token_refresh_duration,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use kedge_message::{Message, operation, resource, resource_type};
-use kedge_transport::link::Link;
+use kedge_transport::link::{Link, Queued};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -92,7 +92,7 @@ pub trait HubEvents: Clone + Send + Sync + 'static {
 
 struct Slot {
     generation: u64,
-    downstream: mpsc::Sender<Message>,
+    downstream: mpsc::Sender<Queued>,
     stop: CancellationToken,
     task: JoinHandle<Option<NodeQueue>>,
 }
@@ -243,7 +243,7 @@ impl<E: HubEvents> Hub<E> {
         node: String,
         generation: u64,
         link: Link,
-        mut downstream: mpsc::Receiver<Message>,
+        mut downstream: mpsc::Receiver<Queued>,
         previous: Option<JoinHandle<Option<NodeQueue>>>,
         stop: CancellationToken,
     ) -> Option<NodeQueue> {
@@ -323,7 +323,7 @@ impl<E: HubEvents> Hub<E> {
             return;
         }
         msg.router.resource = resource::trim_node_prefix(&msg.router.resource).to_owned();
-        if slot.downstream.try_send(msg).is_err() {
+        if slot.downstream.try_send(Box::new(msg)).is_err() {
             inner.metrics.refuse("handoff_full");
         }
     }

@@ -220,6 +220,7 @@ impl Module for CloudHubModule {
             per_second: u32::try_from(config.node_message_qps).unwrap_or(1),
             burst: u32::try_from(config.node_message_burst).unwrap_or(1),
         });
+        limits.max_handshakes = usize::try_from(config.max_handshakes).unwrap_or(1);
         if config.https.enable {
             let address = SocketAddr::new(
                 parse_ip("https.address", &config.https.address)?,

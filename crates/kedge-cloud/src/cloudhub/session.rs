@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use kedge_message::{Message, group, module, operation, resource, resource_type, source};
-use kedge_transport::link::Link;
+use kedge_transport::link::{Link, Queued};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -135,7 +135,7 @@ pub async fn run(
     node: &str,
     mut link: Link,
     mut queue: NodeQueue,
-    downstream: &mut mpsc::Receiver<Message>,
+    downstream: &mut mpsc::Receiver<Queued>,
     events: &mut impl SessionEvents,
     config: SessionConfig,
     stop: CancellationToken,
@@ -193,7 +193,7 @@ pub async fn run(
                 }
             }
             next = downstream.recv() => match next {
-                Some(msg) => match queue.offer(msg) {
+                Some(msg) => match queue.offer(*msg) {
                     Offered::Queued | Offered::Replaced | Offered::Stale => {}
                     Offered::Full => events.refused("queue_full"),
                 },
@@ -390,7 +390,7 @@ mod tests {
                 (ended, queue, events)
             })
         };
-        tx.send(configmap(3)).await.expect("queued");
+        tx.send(Box::new(configmap(3))).await.expect("queued");
         let first = edge.receiver.recv().await.expect("sent");
         // Not acknowledged: it comes again after 5 s, with the same id.
         edge.sender
