@@ -429,6 +429,9 @@ pub struct HollowDialer {
     bootstrap: BootstrapConfig,
     shared: HollowShared,
     credentials: OnceCell<EdgeCredentials>,
+    /// The TLS configuration made from the credentials, kept: making it
+    /// parses the node's key, which costs more than the rest of a dial.
+    tls: OnceCell<Arc<rustls::ClientConfig>>,
 }
 
 impl HollowDialer {
@@ -440,6 +443,7 @@ impl HollowDialer {
             bootstrap,
             shared,
             credentials: OnceCell::new(),
+            tls: OnceCell::new(),
         }
     }
 
@@ -496,18 +500,19 @@ impl Dialer for Arc<HollowDialer> {
     fn dial(&self) -> DialFuture {
         let this = Arc::clone(self);
         Box::pin(async move {
+            let credentials = this.credentials().await?;
             let tls =
-                this.credentials()
+                this.tls
+                    .get_or_try_init(|| async {
+                        credentials.client_config().map(Arc::new).map_err(|e| {
+                            DialError::Certificates {
+                                source: Box::new(e),
+                            }
+                        })
+                    })
                     .await?
-                    .client_config()
-                    .map_err(|e| DialError::Certificates {
-                        source: Box::new(e),
-                    })?;
-            let (tls, limits, metrics) = (
-                Arc::new(tls),
-                &this.shared.limits,
-                this.shared.link_metrics.clone(),
-            );
+                    .clone();
+            let (limits, metrics) = (&this.shared.limits, this.shared.link_metrics.clone());
             match &this.shared.quic {
                 Some(endpoints) => endpoints.connect(&this.target, tls, limits, metrics).await,
                 None => connect(&this.target, tls, limits, metrics).await,
