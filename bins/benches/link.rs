@@ -15,6 +15,9 @@
 //! KEDGE_BENCH_TRANSPORT=quic KEDGE_BENCH_NODES=100000 cargo bench -p kedge-bins --bench link
 //! ```
 //!
+//! The kernel caps each UDP socket's buffer at `net.core.rmem_max`; raise
+//! it for large QUIC runs (docs/link.md), and read the drops it prints.
+//!
 //! Measured:
 //!
 //! * the time until every node is connected on first start (each node
@@ -28,7 +31,10 @@
 //!   resourceVersion 0 per node are created and cloudcore restarts: the
 //!   time until every node is connected again, and until every ObjectSync
 //!   shows the ConfigMap's resourceVersion (the SyncController sends it to
-//!   each node on connection, edgemark acknowledges it).
+//!   each node on connection, edgemark acknowledges it). The ObjectSyncs
+//!   are listed only once cloudcore's `kedge_cloudhub_acked_total` has
+//!   reached the node count, and then every 5 s: a list of 100,000
+//!   objects every half second would load cloudcore more than the nodes.
 
 // Printing the figures is what this harness is for.
 #![allow(clippy::print_stdout)]
@@ -58,6 +64,7 @@ const SOURCE_IPS: &str = "127.0.0.2-127.0.0.17";
 const CONCURRENT_CREATES: usize = 64;
 const STEADY: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(500);
+const LIST_EVERY: Duration = Duration::from_secs(5);
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -75,6 +82,47 @@ fn cpu_ticks(pid: u32) -> u64 {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let field = |i: usize| -> u64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
     field(11) + field(12)
+}
+
+/// Datagrams the kernel dropped because the UDP sockets of `pid` had no
+/// room (the `drops` column of /proc/net/udp and udp6 for the sockets
+/// the process holds).
+fn udp_drops(pid: u32) -> u64 {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    // sl local remote st queues timer retrnsmt uid timeout
+                    // inode ref pointer drops
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let inode = fields.get(9)?;
+                    inodes
+                        .contains(*inode)
+                        .then(|| fields.last()?.parse::<u64>().ok())
+                        .flatten()
+                })
+                .collect::<Vec<u64>>()
+        })
+        .sum()
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -105,6 +153,13 @@ async fn metric(address: &str, name: &str) -> Option<f64> {
 
 async fn sessions(cloud: &Cloud) -> usize {
     metric(&cloud.monitor, "kedge_cloudhub_sessions")
+        .await
+        .map_or(0, |v| v as usize)
+}
+
+/// Downstream messages the nodes acknowledged since cloudcore started.
+async fn acked(cloud: &Cloud) -> usize {
+    metric(&cloud.monitor, "kedge_cloudhub_acked_total")
         .await
         .map_or(0, |v| v as usize)
 }
@@ -244,6 +299,7 @@ async fn main() {
     let edgemark_cpu =
         (cpu_ticks(edgemark_pid) - edgemark_cpu_before) as f64 / ticks / steady * 100.0;
     let still = sessions(&cloud).await;
+    let steady_drops = (udp_drops(pid), udp_drops(edgemark_pid));
     println!("steady state: {still}/{nodes} connected, cloudcore CPU {cpu:.1}%");
 
     // One ConfigMap for every node, recorded as not yet acknowledged.
@@ -297,6 +353,7 @@ async fn main() {
     let mut reconnect = None;
     let mut delivery = None;
     let mut last = (0, 0);
+    let mut listed = None;
     while reconnect.is_none() || delivery.is_none() {
         if reconnect.is_none() {
             last.0 = sessions(&cloud).await;
@@ -304,7 +361,14 @@ async fn main() {
                 reconnect = Some(ready.elapsed());
             }
         }
-        if delivery.is_none() {
+        // Listing every ObjectSync costs the API server far more than the
+        // nodes do: only once the nodes have acknowledged enough messages,
+        // and then at most every LIST_EVERY.
+        if delivery.is_none()
+            && acked(&cloud).await >= nodes
+            && listed.is_none_or(|at: Instant| at.elapsed() >= LIST_EVERY)
+        {
+            listed = Some(Instant::now());
             last.1 = synced(&syncs, &uid, &version).await;
             if last.1 >= nodes {
                 delivery = Some(ready.elapsed());
@@ -320,6 +384,7 @@ async fn main() {
     }
     let reconnect = reconnect.expect("measured");
     let delivery = delivery.expect("measured");
+    let restart_drops = (udp_drops(cloud.pid()), udp_drops(edgemark_pid));
 
     // Stop edgemark with SIGTERM, then cloudcore.
     let stopped = Command::new("kill")
@@ -357,6 +422,16 @@ async fn main() {
     println!("| cloudcore restart (stop + start + ready) | {restarted:.1?} |");
     println!("| after ready: all nodes connected again | {reconnect:.1?} |");
     println!("| after ready: ConfigMap acknowledged by every node | {delivery:.1?} |");
+    if quic {
+        println!(
+            "| UDP datagrams dropped for want of buffer: first cloudcore / edgemark until the steady state ends | {} / {} |",
+            steady_drops.0, steady_drops.1
+        );
+        println!(
+            "| the same after the restart: second cloudcore / edgemark (all along) | {} / {} |",
+            restart_drops.0, restart_drops.1
+        );
+    }
     println!();
     for line in tail.iter().rev() {
         println!("edgemark log: {line}");
