@@ -842,6 +842,31 @@ mod tests {
         })
     }
 
+    /// A QUIC connection to the server as `node`, past TLS and nothing
+    /// more, with the endpoint it must outlive.
+    async fn raw_connection(
+        server: &Server,
+        ca: &TestCa,
+        node: &str,
+    ) -> (Connection, quinn::Endpoint) {
+        let identity = ca.client(&format!("system:node:{node}"));
+        let mut crypto = (*ca.client_config(Some(&identity))).clone();
+        crypto.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = QuicClientConfig::try_from(crypto).expect("quic crypto");
+        let endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
+        let conn = endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(crypto)),
+                server.address,
+                "127.0.0.1",
+            )
+            .expect("connecting")
+            .await
+            .expect("connected");
+        (conn, endpoint)
+    }
+
     async fn connect_as(server: &Server, ca: &TestCa, node: &str) -> Link {
         let identity = ca.client(&format!("system:node:{node}"));
         server
@@ -972,22 +997,7 @@ mod tests {
         };
         let server = start_server(&ca, limits);
         // Past TLS, but no header message: the handshake stays open.
-        let identity = ca.client("system:node:edge-1");
-        let mut crypto = (*ca.client_config(Some(&identity))).clone();
-        crypto.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = QuicClientConfig::try_from(crypto).expect("quic crypto");
-        let endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
-        let held = endpoint
-            .connect_with(
-                quinn::ClientConfig::new(Arc::new(crypto)),
-                server.address,
-                "127.0.0.1",
-            )
-            .expect("connecting")
-            .await
-            .expect("connected");
-        let handshaking = (held, endpoint);
+        let handshaking = raw_connection(&server, &ca, "edge-1").await;
         a_connection_over_the_handshake_limit_is_refused_at_once(server, &ca, handshaking).await;
     }
 
@@ -1071,21 +1081,7 @@ mod tests {
     async fn a_bad_header_message_is_refused_with_400() {
         let ca = TestCa::new("test CA");
         let server = start_server(&ca, LinkLimits::default());
-        let identity = ca.client("system:node:edge-1");
-        let mut crypto = (*ca.client_config(Some(&identity))).clone();
-        crypto.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = QuicClientConfig::try_from(crypto).expect("quic crypto");
-        let endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
-        let conn = endpoint
-            .connect_with(
-                quinn::ClientConfig::new(Arc::new(crypto)),
-                server.address,
-                "127.0.0.1",
-            )
-            .expect("connecting")
-            .await
-            .expect("connected");
+        let (conn, _endpoint) = raw_connection(&server, &ca, "edge-1").await;
         let (mut send, mut recv) = conn.open_bi().await.expect("stream");
         let not_header = app_message(1);
         write_frame(&mut send, &not_header.encode())
