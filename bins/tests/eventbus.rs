@@ -51,7 +51,7 @@ async fn mqtt_clients_drive_the_twin_through_the_embedded_broker() {
     let edge = EdgeCore::start(&cloud, EDGE, None, EdgeCore::embedded_broker);
     // No broker is started by the test: edgecore listens itself.
     let broker = edge.mqtt.clone();
-    wait_until_listening(&broker, "edgecore's embedded broker").await;
+    wait_until_listening(&broker, "edgecore's embedded broker", || edge.log()).await;
 
     // The device reaches the edge by membership: it is listed there.
     wait_listed(&broker, EDGE, DEVICE, || edge.log()).await;

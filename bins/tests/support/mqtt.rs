@@ -26,7 +26,7 @@ impl Mosquitto {
             .kill_on_drop(true)
             .spawn()
             .expect("mosquitto runs (scripts/setup.sh installs it)");
-        wait_until_listening(address, "mosquitto").await;
+        wait_until_listening(address, "mosquitto", String::new).await;
         Self {
             _child: child,
             _dir: dir,
@@ -35,13 +35,14 @@ impl Mosquitto {
 }
 
 /// Waits until `what` accepts connections at `address`, for at most
-/// [`super::DEADLINE`].
-pub async fn wait_until_listening(address: &str, what: &str) {
+/// [`super::DEADLINE`]; `log` tells why not when it never does.
+pub async fn wait_until_listening(address: &str, what: &str, log: impl Fn() -> String) {
     let deadline = tokio::time::Instant::now() + super::DEADLINE;
     while tokio::net::TcpStream::connect(address).await.is_err() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{what} does not listen on {address}"
+            "{what} does not listen on {address}; its log:\n{}",
+            log()
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
