@@ -521,16 +521,17 @@ impl Connections {
 
     /// Runs one connection's task, given what it needs, if fewer than
     /// [`LinkLimits::max_handshakes`] connections are handshaking;
-    /// otherwise counts the refusal and gives `task` back, for the caller
-    /// to refuse the connection at once.
-    pub(crate) fn spawn<T, F>(&self, task: T) -> Result<(), T>
+    /// otherwise counts the refusal and drops `task` unrun, which drops
+    /// the connection it owns: quinn answers an unaccepted `Incoming`
+    /// with CONNECTION_REFUSED, a dropped TCP stream closes.
+    pub(crate) fn spawn<F>(&self, task: impl FnOnce(Admission) -> F)
     where
-        T: FnOnce(Admission) -> F,
         F: Future<Output = ()> + Send + 'static,
     {
         let Ok(handshaking) = Arc::clone(&self.handshakes).try_acquire_owned() else {
             self.metrics.refuse(self.transport, RefuseReason::Busy);
-            return Err(task);
+            debug!("too many handshakes at once; connection refused");
+            return;
         };
         self.tracker.spawn(task(Admission {
             handshaking,
@@ -540,7 +541,6 @@ impl Connections {
             accepted: self.accepted.clone(),
             shutdown: self.shutdown.child_token(),
         }));
-        Ok(())
     }
 
     /// Stops every connection and returns once they are gone.

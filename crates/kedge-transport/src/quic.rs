@@ -209,17 +209,11 @@ pub async fn serve(
             },
         };
         let address = incoming.remote_address();
-        let refused = connections.spawn(|admission| {
+        connections.spawn(|admission| {
             ServerConnection { admission }
                 .run(incoming)
                 .instrument(info_span!("quic_link", %address))
         });
-        if let Err(task) = refused {
-            // The task owns the `Incoming`: dropping it unaccepted makes
-            // quinn answer CONNECTION_REFUSED.
-            drop(task);
-            debug!(%address, "too many handshakes at once; connection refused");
-        }
     }
     connections.close().await;
     endpoint.close(VarInt::from_u32(CLOSE_NORMAL), b"server shutting down");

@@ -276,7 +276,7 @@ pub async fn serve(
             },
         };
         let acceptor = acceptor.clone();
-        let refused = connections.spawn(|admission| {
+        connections.spawn(|admission| {
             ServerConnection {
                 acceptor,
                 admission,
@@ -284,12 +284,6 @@ pub async fn serve(
             .run(tcp, address)
             .instrument(info_span!("ws_link", %address))
         });
-        if let Err(task) = refused {
-            // The task owns the TCP stream: dropping it closes the
-            // connection before any TLS work.
-            drop(task);
-            debug!(%address, "too many handshakes at once; connection refused");
-        }
     }
     connections.close().await;
 }
