@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{Event, EventStream, KeyValue, ListRequest, ListResponse, Store, StoreError};
@@ -275,7 +275,13 @@ fn writer(mut conn: Connection, mut queue: mpsc::Receiver<Write>, shared: &Share
         let mut done = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
         let mut failure: Option<String> = None;
-        match conn.transaction() {
+        // IMMEDIATE: the write lock is taken at BEGIN, where a busy lock is
+        // waited for. A deferred transaction takes it at its first write,
+        // already holding a read snapshot, and there SQLite answers "database
+        // is locked" at once instead of waiting (a reader takes that lock for
+        // a moment when it re-reads a WAL index that changed under it): a
+        // create failed so while 100,000 ObjectSyncs were created and read.
+        match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => {
                 for write in batch.drain(..) {
                     if let Some(error) = &failure {
