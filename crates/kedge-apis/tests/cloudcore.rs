@@ -338,6 +338,7 @@ kubeAPIConfig:
 modules:
   cloudHub:
     nodeLimit: 0
+    handshakeQueue: -1
     tokenRefreshDuration: 0
     advertiseAddress: [not-an-ip]
     websocket:
@@ -373,6 +374,7 @@ controlPlane:
             "commonConfig.monitorServer.bindAddress",
             "kubeAPIConfig.kubeConfig",
             "modules.cloudHub.nodeLimit",
+            "modules.cloudHub.handshakeQueue",
             "modules.cloudHub.tokenRefreshDuration",
             "modules.cloudHub.advertiseAddress[0]",
             "modules.cloudHub.websocket.port",

@@ -488,6 +488,8 @@ pub(crate) struct Connections {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     handshakes: Arc<Semaphore>,
+    /// Places in line for a handshake slot.
+    queue: Arc<Semaphore>,
 }
 
 impl Connections {
@@ -502,6 +504,7 @@ impl Connections {
         Self {
             transport,
             handshakes: Arc::new(Semaphore::new(limits.max_handshakes.max(1))),
+            queue: Arc::new(Semaphore::new(limits.handshake_queue)),
             limits: Arc::new(limits),
             metrics,
             accepted,
@@ -519,28 +522,71 @@ impl Connections {
         }
     }
 
-    /// Runs one connection's task, given what it needs, if fewer than
-    /// [`LinkLimits::max_handshakes`] connections are handshaking;
-    /// otherwise counts the refusal and drops `task` unrun, which drops
-    /// the connection it owns: quinn answers an unaccepted `Incoming`
-    /// with CONNECTION_REFUSED, a dropped TCP stream closes.
-    pub(crate) fn spawn<F>(&self, task: impl FnOnce(Admission) -> F)
+    /// Runs one connection's task, given what it needs, once it has one
+    /// of the [`LinkLimits::max_handshakes`] slots: at once if one is
+    /// free, else after waiting in line (at most
+    /// [`LinkLimits::handshake_queue`] connections, each at most
+    /// [`LinkLimits::handshake_queue_wait`]). A connection with no place
+    /// in line, or whose wait ran out, is counted as busy and `task` is
+    /// dropped unrun, which drops the connection it owns: quinn answers
+    /// an unaccepted `Incoming` with CONNECTION_REFUSED, a dropped TCP
+    /// stream closes.
+    pub(crate) fn spawn<F>(&self, task: impl FnOnce(Admission) -> F + Send + 'static)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let Ok(handshaking) = Arc::clone(&self.handshakes).try_acquire_owned() else {
-            self.metrics.refuse(self.transport, RefuseReason::Busy);
-            debug!("too many handshakes at once; connection refused");
+        let admission = self.admission();
+        if let Ok(handshaking) = Arc::clone(&self.handshakes).try_acquire_owned() {
+            self.tracker.spawn(task(admission(handshaking)));
+            return;
+        }
+        let busy = self.busy();
+        let Ok(in_line) = Arc::clone(&self.queue).try_acquire_owned() else {
+            busy("no handshake slot and no place in line");
             return;
         };
-        self.tracker.spawn(task(Admission {
+        let waiting = self.metrics.waiting_guard(self.transport);
+        let handshakes = Arc::clone(&self.handshakes);
+        let wait = self.limits.handshake_queue_wait;
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            let slot = tokio::select! {
+                () = shutdown.cancelled() => return,
+                slot = timeout(wait, handshakes.acquire_owned()) => slot,
+            };
+            drop((in_line, waiting));
+            match slot {
+                Ok(Ok(handshaking)) => task(admission(handshaking)).await,
+                _ => busy("waited too long for a handshake slot"),
+            }
+        });
+    }
+
+    /// Makes a connection's [`Admission`] once it holds a handshake slot.
+    fn admission(&self) -> impl FnOnce(OwnedSemaphorePermit) -> Admission + Send + 'static {
+        let transport = self.transport;
+        let limits = Arc::clone(&self.limits);
+        let metrics = self.metrics.clone();
+        let accepted = self.accepted.clone();
+        let shutdown = self.shutdown.child_token();
+        move |handshaking| Admission {
             handshaking,
-            transport: self.transport,
-            limits: Arc::clone(&self.limits),
-            metrics: self.metrics.clone(),
-            accepted: self.accepted.clone(),
-            shutdown: self.shutdown.child_token(),
-        }));
+            transport,
+            limits,
+            metrics,
+            accepted,
+            shutdown,
+        }
+    }
+
+    /// What counts and logs one connection refused as busy, for a task
+    /// to own.
+    fn busy(&self) -> impl FnOnce(&'static str) + Send + 'static {
+        let (metrics, transport) = (self.metrics.clone(), self.transport);
+        move |why| {
+            metrics.refuse(transport, RefuseReason::Busy);
+            debug!(why, "connection refused");
+        }
     }
 
     /// Stops every connection and returns once they are gone.

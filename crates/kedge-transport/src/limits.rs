@@ -41,15 +41,28 @@ pub struct LinkLimits {
     /// so the peer is slowed down rather than memory growing. Default 100,
     /// the size of KubeEdge's edge receive queue.
     pub buffer: usize,
-    /// Connections a server lets handshake at once (at least 1); one
-    /// more is refused at once, before any TLS work (QUIC answers
-    /// CONNECTION_REFUSED, WebSocket closes the TCP connection), and its
-    /// node backs off and dials again. Default 1,024: after a cloudcore
-    /// restart every node dials within a second, and without a bound
-    /// the handshakes, each a few packets and some milliseconds of
-    /// cryptography, pile up until the established links' packets are
-    /// dropped with them. Clients ignore it.
+    /// Connections a server lets handshake at once (at least 1); more
+    /// wait in line ([`LinkLimits::handshake_queue`]). Default 1,024:
+    /// after a cloudcore restart every node dials within a second, and
+    /// without a bound the handshakes, each a few packets and some
+    /// milliseconds of cryptography, pile up until the established
+    /// links' packets are dropped with them. Clients ignore it.
     pub max_handshakes: usize,
+    /// Connections a server lets wait for a handshake slot, in arrival
+    /// order, each for at most [`LinkLimits::handshake_queue_wait`]; they cost no TLS
+    /// work while they wait (a QUIC client's Initial is held unanswered,
+    /// a TCP connection unread). One more, or one that waited too long,
+    /// is refused before any TLS work (QUIC answers CONNECTION_REFUSED,
+    /// WebSocket closes the TCP connection) and its node backs off and
+    /// dials again. Default 8,192: a refused dial costs the node a new
+    /// key exchange and the server a refusal, while a wait costs neither,
+    /// so after a restart the nodes are served in turn instead of
+    /// redialling in a storm. 0 refuses at once. Clients ignore it.
+    pub handshake_queue: usize,
+    /// Longest wait for a handshake slot. Default 10 s, well inside the
+    /// 30 s a client (KubeEdge's too) waits for the server's first
+    /// answer.
+    pub handshake_queue_wait: Duration,
 }
 
 /// The default [`LinkLimits::max_frame_bytes`]: 4 MiB, room for the
@@ -64,6 +77,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_BUFFER: usize = 100;
 /// The default [`LinkLimits::max_handshakes`]: 1,024 connections.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+/// The default [`LinkLimits::handshake_queue`]: 8,192 connections.
+pub const DEFAULT_HANDSHAKE_QUEUE: usize = 8192;
+/// The default [`LinkLimits::handshake_queue_wait`]: 10 s.
+pub const DEFAULT_HANDSHAKE_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 impl Default for LinkLimits {
     fn default() -> Self {
@@ -74,6 +91,8 @@ impl Default for LinkLimits {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             buffer: DEFAULT_BUFFER,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            handshake_queue: DEFAULT_HANDSHAKE_QUEUE,
+            handshake_queue_wait: DEFAULT_HANDSHAKE_QUEUE_WAIT,
         }
     }
 }

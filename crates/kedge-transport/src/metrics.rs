@@ -109,6 +109,7 @@ pub struct LinkMetrics {
     refused: Family<RefusedLabels, Counter>,
     accepted: Family<TransportLabels, Counter>,
     open: Family<TransportLabels, Gauge>,
+    waiting: Family<TransportLabels, Gauge>,
     received: Family<TransportLabels, Counter>,
     sent: Family<TransportLabels, Counter>,
 }
@@ -133,6 +134,11 @@ impl LinkMetrics {
             "connections_open",
             "Links currently open, server and client side",
             metrics.open.clone(),
+        );
+        link.register(
+            "handshakes_waiting",
+            "Connections a server holds in line for a handshake slot",
+            metrics.waiting.clone(),
         );
         link.register(
             "messages_received",
@@ -162,13 +168,14 @@ impl LinkMetrics {
     }
 
     /// Counts a link as open until the returned guard is dropped.
-    pub fn open_guard(&self, transport: Transport) -> OpenGuard {
-        let gauge = self
-            .open
-            .get_or_create(&TransportLabels { transport })
-            .clone();
-        gauge.inc();
-        OpenGuard { gauge }
+    pub fn open_guard(&self, transport: Transport) -> GaugeGuard {
+        GaugeGuard::raise(&self.open, transport)
+    }
+
+    /// Counts a connection as waiting for a handshake slot until the
+    /// returned guard is dropped.
+    pub fn waiting_guard(&self, transport: Transport) -> GaugeGuard {
+        GaugeGuard::raise(&self.waiting, transport)
     }
 
     /// Counts a message read from a peer and delivered.
@@ -206,6 +213,13 @@ impl LinkMetrics {
             .get()
     }
 
+    /// Connections waiting for a handshake slot now on `transport`.
+    pub fn waiting(&self, transport: Transport) -> i64 {
+        self.waiting
+            .get_or_create(&TransportLabels { transport })
+            .get()
+    }
+
     /// Messages received so far on `transport`.
     pub fn received(&self, transport: Transport) -> u64 {
         self.received
@@ -221,13 +235,22 @@ impl LinkMetrics {
     }
 }
 
-/// Keeps a link counted in `kedge_link_connections_open` while it lives.
+/// Keeps a gauge (`kedge_link_connections_open`,
+/// `kedge_link_handshakes_waiting`) raised by one while it lives.
 #[derive(Debug)]
-pub struct OpenGuard {
+pub struct GaugeGuard {
     gauge: Gauge,
 }
 
-impl Drop for OpenGuard {
+impl GaugeGuard {
+    fn raise(family: &Family<TransportLabels, Gauge>, transport: Transport) -> Self {
+        let gauge = family.get_or_create(&TransportLabels { transport }).clone();
+        gauge.inc();
+        Self { gauge }
+    }
+}
+
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.gauge.dec();
     }

@@ -209,7 +209,7 @@ pub async fn serve(
             },
         };
         let address = incoming.remote_address();
-        connections.spawn(|admission| {
+        connections.spawn(move |admission| {
             ServerConnection { admission }
                 .run(incoming)
                 .instrument(info_span!("quic_link", %address))
@@ -819,6 +819,8 @@ mod tests {
     use crate::limits::RateLimit;
     use crate::testutil::{
         Server, TestCa, a_connection_over_the_handshake_limit_is_refused_at_once,
+        a_connection_over_the_handshake_limit_waits_in_line_then_connects,
+        a_connection_that_waits_too_long_is_refused,
         a_node_id_that_differs_from_the_certificate_is_refused, app_message, eventually, unlimited,
         within,
     };
@@ -987,12 +989,43 @@ mod tests {
         let ca = TestCa::new("test CA");
         let limits = LinkLimits {
             max_handshakes: 1,
+            handshake_queue: 0,
             ..LinkLimits::default()
         };
         let server = start_server(&ca, limits);
         // Past TLS, but no header message: the handshake stays open.
         let handshaking = raw_connection(&server, &ca, "edge-1").await;
         a_connection_over_the_handshake_limit_is_refused_at_once(server, &ca, handshaking).await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_handshake_limit_waits_in_line() {
+        let ca = TestCa::new("test CA");
+        let limits = LinkLimits {
+            max_handshakes: 1,
+            handshake_queue: 1,
+            handshake_queue_wait: Duration::from_secs(60),
+            ..LinkLimits::default()
+        };
+        let server = start_server(&ca, limits);
+        // Past TLS, but no header message: the handshake stays open.
+        let handshaking = raw_connection(&server, &ca, "edge-1").await;
+        a_connection_over_the_handshake_limit_waits_in_line_then_connects(server, &ca, handshaking)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_waits_too_long_for_a_handshake_is_refused() {
+        let ca = TestCa::new("test CA");
+        let limits = LinkLimits {
+            max_handshakes: 1,
+            handshake_queue_wait: Duration::from_millis(200),
+            ..LinkLimits::default()
+        };
+        let server = start_server(&ca, limits);
+        // Past TLS, but no header message: the handshake stays open.
+        let handshaking = raw_connection(&server, &ca, "edge-1").await;
+        a_connection_that_waits_too_long_is_refused(server, &ca, handshaking).await;
     }
 
     #[tokio::test]

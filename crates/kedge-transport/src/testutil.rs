@@ -258,10 +258,69 @@ pub(crate) async fn a_node_id_that_differs_from_the_certificate_is_refused(
     server.stop().await;
 }
 
-/// With one handshake allowed at once (`max_handshakes: 1`) and
-/// `handshaking` holding it (a client past TLS that never sends its
-/// handshake), another node is refused at once, before TLS, and counted
-/// as busy; once `handshaking` is gone, that node connects.
+/// With one handshake slot, held by `handshaking`, and one place in line
+/// (`handshake_queue: 1`, a long wait): a second node waits in line
+/// instead of being refused, a third finds the line full and is refused
+/// as busy, and once `handshaking` is gone the waiting node's first dial
+/// connects.
+pub(crate) async fn a_connection_over_the_handshake_limit_waits_in_line_then_connects<H>(
+    mut server: Server,
+    ca: &TestCa,
+    handshaking: H,
+) {
+    let transport = server.transport;
+    let mut second = Box::pin(server.dial(
+        "edge-2",
+        ca.client_config(Some(&ca.client("system:node:edge-2"))),
+    ));
+    tokio::select! {
+        dialled = &mut second => panic!("edge-2 got past a held slot: {:?}", dialled.map(|_| ())),
+        () = eventually("edge-2 in line", || server.metrics.waiting(transport) == 1) => {}
+    }
+    let third_tls = ca.client_config(Some(&ca.client("system:node:edge-3")));
+    tokio::select! {
+        dialled = &mut second => panic!("edge-2 got past a held slot: {:?}", dialled.map(|_| ())),
+        third = within("the third dial", server.dial("edge-3", third_tls)) => {
+            assert!(third.is_err(), "a third node got past a full line");
+        }
+    }
+    server.wait_refused(RefuseReason::Busy, 1).await;
+
+    drop(handshaking);
+    let link = within("edge-2 once the slot is free", &mut second)
+        .await
+        .expect("the waiting node connects");
+    drop(second);
+    assert_eq!(server.next_link().await.peer.node_id, "edge-2");
+    assert_eq!(server.refused(RefuseReason::Busy), 1);
+    assert_eq!(server.metrics.waiting(transport), 0);
+    drop(link);
+    server.stop().await;
+}
+
+/// With one handshake slot, held by `handshaking`, and a short wait in
+/// line (`handshake_queue_wait`), another node waits, then is refused as
+/// busy, and leaves the line.
+pub(crate) async fn a_connection_that_waits_too_long_is_refused<H>(
+    server: Server,
+    ca: &TestCa,
+    handshaking: H,
+) {
+    let tls = ca.client_config(Some(&ca.client("system:node:edge-2")));
+    let refused = within("the refusal", server.dial("edge-2", tls)).await;
+    assert!(refused.is_err(), "a node got past a held slot");
+    server.wait_refused(RefuseReason::Busy, 1).await;
+    assert_eq!(server.metrics.waiting(server.transport), 0);
+    assert_eq!(server.metrics.accepted(server.transport), 0);
+    drop(handshaking);
+    server.stop().await;
+}
+
+/// With one handshake allowed at once (`max_handshakes: 1`), no place in
+/// line (`handshake_queue: 0`) and `handshaking` holding the slot (a
+/// client past TLS that never sends its handshake), another node is
+/// refused at once, before TLS, and counted as busy; once `handshaking`
+/// is gone, that node connects.
 pub(crate) async fn a_connection_over_the_handshake_limit_is_refused_at_once<H>(
     mut server: Server,
     ca: &TestCa,

@@ -276,7 +276,7 @@ pub async fn serve(
             },
         };
         let acceptor = acceptor.clone();
-        connections.spawn(|admission| {
+        connections.spawn(move |admission| {
             ServerConnection {
                 acceptor,
                 admission,
@@ -578,6 +578,8 @@ mod tests {
     use crate::limits::RateLimit;
     use crate::testutil::{
         Server, TestCa, a_connection_over_the_handshake_limit_is_refused_at_once,
+        a_connection_over_the_handshake_limit_waits_in_line_then_connects,
+        a_connection_that_waits_too_long_is_refused,
         a_node_id_that_differs_from_the_certificate_is_refused, app_message, eventually, unlimited,
         within,
     };
@@ -886,6 +888,7 @@ mod tests {
         let ca = TestCa::new("test CA");
         let limits = LinkLimits {
             max_handshakes: 1,
+            handshake_queue: 0,
             ..LinkLimits::default()
         };
         let server = start_server(&ca, limits).await;
@@ -896,6 +899,44 @@ mod tests {
                 .await
                 .expect("TLS");
         a_connection_over_the_handshake_limit_is_refused_at_once(server, &ca, handshaking).await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_the_handshake_limit_waits_in_line() {
+        let ca = TestCa::new("test CA");
+        let limits = LinkLimits {
+            max_handshakes: 1,
+            handshake_queue: 1,
+            handshake_queue_wait: Duration::from_secs(60),
+            ..LinkLimits::default()
+        };
+        let server = start_server(&ca, limits).await;
+        // Past TLS, but no upgrade request: the handshake stays open.
+        let identity = ca.client("system:node:edge-1");
+        let (handshaking, _) =
+            dial_tls(&server.target("edge-1"), ca.client_config(Some(&identity)))
+                .await
+                .expect("TLS");
+        a_connection_over_the_handshake_limit_waits_in_line_then_connects(server, &ca, handshaking)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_waits_too_long_for_a_handshake_is_refused() {
+        let ca = TestCa::new("test CA");
+        let limits = LinkLimits {
+            max_handshakes: 1,
+            handshake_queue_wait: Duration::from_millis(200),
+            ..LinkLimits::default()
+        };
+        let server = start_server(&ca, limits).await;
+        // Past TLS, but no upgrade request: the handshake stays open.
+        let identity = ca.client("system:node:edge-1");
+        let (handshaking, _) =
+            dial_tls(&server.target("edge-1"), ca.client_config(Some(&identity)))
+                .await
+                .expect("TLS");
+        a_connection_that_waits_too_long_is_refused(server, &ca, handshaking).await;
     }
 
     #[tokio::test]

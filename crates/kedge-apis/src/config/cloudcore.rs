@@ -212,12 +212,19 @@ pub struct CloudHub {
     #[serde(default = "default_node_message_burst")]
     pub node_message_burst: i32,
     /// Kedge only: edge connections allowed to handshake at once, over
-    /// WebSocket and QUIC each; one more is refused before any TLS work
-    /// and its node backs off. Bounds the work a reconnect flood (every
-    /// node at once after a cloudcore restart) can pile up. Must be
-    /// greater than 0. Default 1024.
+    /// WebSocket and QUIC each; more wait in line (`handshakeQueue`).
+    /// Bounds the work a reconnect flood (every node at once after a
+    /// cloudcore restart) can pile up. Must be greater than 0. Default
+    /// 1024.
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes: i32,
+    /// Kedge only: edge connections allowed to wait, per listener, for
+    /// one of the `maxHandshakes` slots, each for at most 10 s, before
+    /// any TLS work; one more, or one that waited too long, is refused
+    /// and its node backs off. 0 refuses at once. Must not be negative.
+    /// Default 8192.
+    #[serde(default = "default_handshake_queue")]
+    pub handshake_queue: i32,
 }
 
 fn default_node_message_qps() -> i32 {
@@ -230,6 +237,10 @@ fn default_node_message_burst() -> i32 {
 
 fn default_max_handshakes() -> i32 {
     1024
+}
+
+fn default_handshake_queue() -> i32 {
+    8192
 }
 
 /// CloudHub's QUIC server.
@@ -874,6 +885,7 @@ impl CloudCoreConfig {
                     node_message_qps: default_node_message_qps(),
                     node_message_burst: default_node_message_burst(),
                     max_handshakes: default_max_handshakes(),
+                    handshake_queue: default_handshake_queue(),
                 },
                 edge_controller: EdgeController {
                     enable: true,
@@ -1029,6 +1041,7 @@ impl CloudCoreConfig {
             v.positive("modules.cloudHub.nodeMessageQPS", hub.node_message_qps);
             v.positive("modules.cloudHub.nodeMessageBurst", hub.node_message_burst);
             v.positive("modules.cloudHub.maxHandshakes", hub.max_handshakes);
+            v.non_negative("modules.cloudHub.handshakeQueue", hub.handshake_queue);
             v.positive(
                 "modules.cloudHub.tokenRefreshDuration",
                 hub.token_refresh_duration,

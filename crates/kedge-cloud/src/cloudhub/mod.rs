@@ -221,6 +221,7 @@ impl Module for CloudHubModule {
             burst: u32::try_from(config.node_message_burst).unwrap_or(1),
         });
         limits.max_handshakes = usize::try_from(config.max_handshakes).unwrap_or(1);
+        limits.handshake_queue = usize::try_from(config.handshake_queue).unwrap_or(0);
         if config.https.enable {
             let address = SocketAddr::new(
                 parse_ip("https.address", &config.https.address)?,
