@@ -821,8 +821,8 @@ mod tests {
         Server, TestCa, a_connection_over_the_handshake_limit_is_refused_at_once,
         a_connection_over_the_handshake_limit_waits_in_line_then_connects,
         a_connection_that_waits_too_long_is_refused,
-        a_node_id_that_differs_from_the_certificate_is_refused, app_message, eventually, unlimited,
-        within,
+        a_node_id_that_differs_from_the_certificate_is_refused, app_message, eventually,
+        one_handshake_slot, unlimited, within,
     };
 
     fn start_server(ca: &TestCa, limits: LinkLimits) -> Server {
@@ -987,12 +987,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_over_the_handshake_limit_is_refused() {
         let ca = TestCa::new("test CA");
-        let limits = LinkLimits {
-            max_handshakes: 1,
-            handshake_queue: 0,
-            ..LinkLimits::default()
-        };
-        let server = start_server(&ca, limits);
+        let server = start_server(&ca, one_handshake_slot(0, Duration::ZERO));
         // Past TLS, but no header message: the handshake stays open.
         let handshaking = raw_connection(&server, &ca, "edge-1").await;
         a_connection_over_the_handshake_limit_is_refused_at_once(server, &ca, handshaking).await;
@@ -1001,13 +996,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_over_the_handshake_limit_waits_in_line() {
         let ca = TestCa::new("test CA");
-        let limits = LinkLimits {
-            max_handshakes: 1,
-            handshake_queue: 1,
-            handshake_queue_wait: Duration::from_secs(60),
-            ..LinkLimits::default()
-        };
-        let server = start_server(&ca, limits);
+        let server = start_server(&ca, one_handshake_slot(1, Duration::from_secs(60)));
         // Past TLS, but no header message: the handshake stays open.
         let handshaking = raw_connection(&server, &ca, "edge-1").await;
         a_connection_over_the_handshake_limit_waits_in_line_then_connects(server, &ca, handshaking)
@@ -1017,12 +1006,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_that_waits_too_long_for_a_handshake_is_refused() {
         let ca = TestCa::new("test CA");
-        let limits = LinkLimits {
-            max_handshakes: 1,
-            handshake_queue_wait: Duration::from_millis(200),
-            ..LinkLimits::default()
-        };
-        let server = start_server(&ca, limits);
+        let server = start_server(&ca, one_handshake_slot(1, Duration::from_millis(200)));
         // Past TLS, but no header message: the handshake stays open.
         let handshaking = raw_connection(&server, &ca, "edge-1").await;
         a_connection_that_waits_too_long_is_refused(server, &ca, handshaking).await;

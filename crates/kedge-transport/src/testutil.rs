@@ -316,6 +316,17 @@ pub(crate) async fn a_connection_that_waits_too_long_is_refused<H>(
     server.stop().await;
 }
 
+/// Server limits with one handshake slot, `queue` places in line for it
+/// and at most `wait` in line.
+pub(crate) fn one_handshake_slot(queue: usize, wait: Duration) -> LinkLimits {
+    LinkLimits {
+        max_handshakes: 1,
+        handshake_queue: queue,
+        handshake_queue_wait: wait,
+        ..LinkLimits::default()
+    }
+}
+
 /// With one handshake allowed at once (`max_handshakes: 1`), no place in
 /// line (`handshake_queue: 0`) and `handshaking` holding the slot (a
 /// client past TLS that never sends its handshake), another node is

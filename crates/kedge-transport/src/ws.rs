@@ -580,8 +580,8 @@ mod tests {
         Server, TestCa, a_connection_over_the_handshake_limit_is_refused_at_once,
         a_connection_over_the_handshake_limit_waits_in_line_then_connects,
         a_connection_that_waits_too_long_is_refused,
-        a_node_id_that_differs_from_the_certificate_is_refused, app_message, eventually, unlimited,
-        within,
+        a_node_id_that_differs_from_the_certificate_is_refused, app_message, eventually,
+        one_handshake_slot, unlimited, within,
     };
     use kedge_message::{Message, operation};
     use serde_json::Value;
@@ -883,40 +883,32 @@ mod tests {
         server.stop().await;
     }
 
+    /// A connection of edge-1 past TLS that sends no upgrade request: its
+    /// handshake stays open and holds a handshake slot.
+    async fn held_handshake(
+        server: &Server,
+        ca: &TestCa,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let identity = ca.client("system:node:edge-1");
+        let (tls, _) = dial_tls(&server.target("edge-1"), ca.client_config(Some(&identity)))
+            .await
+            .expect("TLS");
+        tls
+    }
+
     #[tokio::test]
     async fn a_connection_over_the_handshake_limit_is_refused() {
         let ca = TestCa::new("test CA");
-        let limits = LinkLimits {
-            max_handshakes: 1,
-            handshake_queue: 0,
-            ..LinkLimits::default()
-        };
-        let server = start_server(&ca, limits).await;
-        // Past TLS, but no upgrade request: the handshake stays open.
-        let identity = ca.client("system:node:edge-1");
-        let (handshaking, _) =
-            dial_tls(&server.target("edge-1"), ca.client_config(Some(&identity)))
-                .await
-                .expect("TLS");
+        let server = start_server(&ca, one_handshake_slot(0, Duration::ZERO)).await;
+        let handshaking = held_handshake(&server, &ca).await;
         a_connection_over_the_handshake_limit_is_refused_at_once(server, &ca, handshaking).await;
     }
 
     #[tokio::test]
     async fn a_connection_over_the_handshake_limit_waits_in_line() {
         let ca = TestCa::new("test CA");
-        let limits = LinkLimits {
-            max_handshakes: 1,
-            handshake_queue: 1,
-            handshake_queue_wait: Duration::from_secs(60),
-            ..LinkLimits::default()
-        };
-        let server = start_server(&ca, limits).await;
-        // Past TLS, but no upgrade request: the handshake stays open.
-        let identity = ca.client("system:node:edge-1");
-        let (handshaking, _) =
-            dial_tls(&server.target("edge-1"), ca.client_config(Some(&identity)))
-                .await
-                .expect("TLS");
+        let server = start_server(&ca, one_handshake_slot(1, Duration::from_secs(60))).await;
+        let handshaking = held_handshake(&server, &ca).await;
         a_connection_over_the_handshake_limit_waits_in_line_then_connects(server, &ca, handshaking)
             .await;
     }
@@ -924,18 +916,8 @@ mod tests {
     #[tokio::test]
     async fn a_connection_that_waits_too_long_for_a_handshake_is_refused() {
         let ca = TestCa::new("test CA");
-        let limits = LinkLimits {
-            max_handshakes: 1,
-            handshake_queue_wait: Duration::from_millis(200),
-            ..LinkLimits::default()
-        };
-        let server = start_server(&ca, limits).await;
-        // Past TLS, but no upgrade request: the handshake stays open.
-        let identity = ca.client("system:node:edge-1");
-        let (handshaking, _) =
-            dial_tls(&server.target("edge-1"), ca.client_config(Some(&identity)))
-                .await
-                .expect("TLS");
+        let server = start_server(&ca, one_handshake_slot(1, Duration::from_millis(200))).await;
+        let handshaking = held_handshake(&server, &ca).await;
         a_connection_that_waits_too_long_is_refused(server, &ca, handshaking).await;
     }
 
