@@ -535,16 +535,17 @@ impl Connections {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let admission = self.admission();
         if let Ok(handshaking) = Arc::clone(&self.handshakes).try_acquire_owned() {
-            self.tracker.spawn(task(admission(handshaking)));
+            self.tracker.spawn(task(self.admission()(handshaking)));
             return;
         }
         let busy = self.busy();
         let Ok(in_line) = Arc::clone(&self.queue).try_acquire_owned() else {
+            // Refused in a storm, so nothing more is made for it.
             busy("no handshake slot and no place in line");
             return;
         };
+        let admission = self.admission();
         let waiting = self.metrics.waiting_guard(self.transport);
         let handshakes = Arc::clone(&self.handshakes);
         let wait = self.limits.handshake_queue_wait;
