@@ -144,6 +144,18 @@ pub fn modules(config: &EdgeCoreConfig) -> [(&'static str, &'static str, bool); 
     ]
 }
 
+/// Opens one of edgecore's SQLite databases the way every edge store
+/// wants it: waiting up to 5 s for a lock (set first: DeviceTwin and
+/// MetaManager open `edgecore.db` at the same moment, and switching a file
+/// to WAL takes a lock), in WAL mode, with `synchronous = FULL`.
+pub(crate) fn open_database(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let connection = rusqlite::Connection::open(path)?;
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    Ok(connection)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,12 +76,7 @@ impl TwinStore {
             // A missing directory shows as the open error below.
             let _ = std::fs::create_dir_all(dir);
         }
-        let connection = Connection::open(path)?;
-        // The busy timeout first: MetaManager opens the same file at the
-        // same moment, and switching it to WAL takes a lock.
-        connection.busy_timeout(std::time::Duration::from_secs(5))?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "FULL")?;
+        let connection = crate::open_database(path)?;
         connection.execute_batch(SCHEMA)?;
         Ok(Self { connection })
     }

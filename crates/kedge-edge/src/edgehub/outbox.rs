@@ -186,13 +186,7 @@ impl Outbox {
                 source,
             }
         };
-        let conn = Connection::open(&path).map_err(sql("open the database"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql("switch to WAL"))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(sql("set synchronous"))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sql("set the busy timeout"))?;
+        let conn = crate::open_database(&path).map_err(sql("open the database"))?;
         conn.execute_batch(SCHEMA)
             .map_err(sql("create the table"))?;
 

@@ -397,18 +397,7 @@ impl MetaStore {
                 source,
             }
         };
-        let connection = Connection::open(&path).map_err(sql("open"))?;
-        // The busy timeout first: DeviceTwin opens the same file at the
-        // same moment, and switching it to WAL takes a lock.
-        connection
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sql("set the busy timeout"))?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql("switch to WAL"))?;
-        connection
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(sql("set synchronous"))?;
+        let connection = crate::open_database(&path).map_err(sql("open"))?;
         connection
             .execute_batch(SCHEMA)
             .map_err(sql("create the tables"))?;
