@@ -26,7 +26,7 @@ use std::time::Duration;
 use kedge_message::{DecodeError, Message, operation};
 use rustls_pki_types::CertificateDer;
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +34,7 @@ use tracing::{Instrument, Span, debug, warn};
 
 use crate::client::ConnectTarget;
 use crate::limits::{LinkLimits, TokenBucket};
+use crate::line::{Arrival, HandshakeLine, Missed, Slot};
 use crate::link::{Link, LinkEnds, Peer, Queued, new_link};
 use crate::metrics::{LinkMetrics, RefuseReason, Transport};
 
@@ -407,7 +408,7 @@ where
 pub(crate) struct Admission {
     /// Held until the handshake ends (the connection is driven or
     /// dropped): one of the server's [`LinkLimits::max_handshakes`].
-    pub(crate) handshaking: OwnedSemaphorePermit,
+    pub(crate) handshaking: Slot,
     pub(crate) transport: Transport,
     pub(crate) limits: Arc<LinkLimits>,
     pub(crate) metrics: LinkMetrics,
@@ -487,9 +488,7 @@ pub(crate) struct Connections {
     accepted: mpsc::Sender<Link>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    handshakes: Arc<Semaphore>,
-    /// Places in line for a handshake slot.
-    queue: Arc<Semaphore>,
+    line: HandshakeLine,
 }
 
 impl Connections {
@@ -503,8 +502,7 @@ impl Connections {
     ) -> Self {
         Self {
             transport,
-            handshakes: Arc::new(Semaphore::new(limits.max_handshakes.max(1))),
-            queue: Arc::new(Semaphore::new(limits.handshake_queue)),
+            line: HandshakeLine::new(limits.max_handshakes, limits.handshake_queue),
             limits: Arc::new(limits),
             metrics,
             accepted,
@@ -526,45 +524,49 @@ impl Connections {
     /// of the [`LinkLimits::max_handshakes`] slots: at once if one is
     /// free, else after waiting in line (at most
     /// [`LinkLimits::handshake_queue`] connections, each at most
-    /// [`LinkLimits::handshake_queue_wait`]). A connection with no place
-    /// in line, or whose wait ran out, is counted as busy and `task` is
-    /// dropped unrun, which drops the connection it owns: quinn answers
-    /// an unaccepted `Incoming` with CONNECTION_REFUSED, a dropped TCP
-    /// stream closes.
+    /// [`LinkLimits::handshake_queue_wait`]; a freed slot goes to the
+    /// newest, see [`crate::line`]). A connection with no place in line,
+    /// pushed out of a full line by newer ones, or whose wait ran out, is
+    /// counted as busy and `task` is dropped unrun, which drops the
+    /// connection it owns: quinn answers an unaccepted `Incoming` with
+    /// CONNECTION_REFUSED, a dropped TCP stream closes.
     pub(crate) fn spawn<F>(&self, task: impl FnOnce(Admission) -> F + Send + 'static)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        if let Ok(handshaking) = Arc::clone(&self.handshakes).try_acquire_owned() {
-            self.tracker.spawn(task(self.admission()(handshaking)));
-            return;
-        }
-        let busy = self.busy();
-        let Ok(in_line) = Arc::clone(&self.queue).try_acquire_owned() else {
-            // Refused in a storm, so nothing more is made for it.
-            busy("no handshake slot and no place in line");
-            return;
+        let place = match self.line.arrive() {
+            Arrival::Slot(handshaking) => {
+                self.tracker.spawn(task(self.admission()(handshaking)));
+                return;
+            }
+            Arrival::Wait(place) => place,
+            Arrival::Refused => {
+                // Refused in a storm, so nothing more is made for it.
+                self.busy()("no handshake slot and no place in line");
+                return;
+            }
         };
+        let busy = self.busy();
         let admission = self.admission();
         let waiting = self.metrics.waiting_guard(self.transport);
-        let handshakes = Arc::clone(&self.handshakes);
         let wait = self.limits.handshake_queue_wait;
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
             let slot = tokio::select! {
                 () = shutdown.cancelled() => return,
-                slot = timeout(wait, handshakes.acquire_owned()) => slot,
+                slot = place.wait(wait) => slot,
             };
-            drop((in_line, waiting));
+            drop(waiting);
             match slot {
-                Ok(Ok(handshaking)) => task(admission(handshaking)).await,
-                _ => busy("waited too long for a handshake slot"),
+                Ok(handshaking) => task(admission(handshaking)).await,
+                Err(Missed::TooLong) => busy("waited too long for a handshake slot"),
+                Err(Missed::PushedOut) => busy("pushed out of a full line by newer connections"),
             }
         });
     }
 
     /// Makes a connection's [`Admission`] once it holds a handshake slot.
-    fn admission(&self) -> impl FnOnce(OwnedSemaphorePermit) -> Admission + Send + 'static {
+    fn admission(&self) -> impl FnOnce(Slot) -> Admission + Send + 'static {
         let transport = self.transport;
         let limits = Arc::clone(&self.limits);
         let metrics = self.metrics.clone();

@@ -28,6 +28,7 @@ pub mod certserver;
 pub mod client;
 mod conn;
 pub mod limits;
+mod line;
 pub mod link;
 pub mod metrics;
 pub mod quic;

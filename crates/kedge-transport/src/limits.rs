@@ -48,11 +48,13 @@ pub struct LinkLimits {
     /// milliseconds of cryptography, pile up until the established
     /// links' packets are dropped with them. Clients ignore it.
     pub max_handshakes: usize,
-    /// Connections a server lets wait for a handshake slot, in arrival
-    /// order, each for at most [`LinkLimits::handshake_queue_wait`];
-    /// they cost no TLS work while they wait (a QUIC client's Initial is
-    /// held unanswered, a TCP connection unread). One more, or one that
-    /// waited too long, is refused before any TLS work (QUIC answers
+    /// Connections a server lets wait for a handshake slot, each for at
+    /// most [`LinkLimits::handshake_queue_wait`]; a freed slot goes to the
+    /// newest, whose client has the most of its own deadline left, and a
+    /// full line pushes out its oldest to let a new one in.
+    /// They cost no TLS work while they wait (a QUIC client's Initial is
+    /// held unanswered, a TCP connection unread). One pushed out, or one
+    /// that waited too long, is refused before any TLS work (QUIC answers
     /// CONNECTION_REFUSED, WebSocket closes the TCP connection) and its
     /// node backs off and dials again. Default 8,192: a refused dial
     /// costs the node a new key exchange and the server a refusal, while

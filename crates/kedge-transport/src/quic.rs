@@ -819,7 +819,7 @@ mod tests {
     use crate::limits::RateLimit;
     use crate::testutil::{
         Server, TestCa, a_connection_over_the_handshake_limit_is_refused_at_once,
-        a_connection_over_the_handshake_limit_waits_in_line_then_connects,
+        a_connection_over_the_handshake_limit_waits_in_line_newest_first,
         a_connection_that_waits_too_long_is_refused,
         a_node_id_that_differs_from_the_certificate_is_refused, app_message, eventually,
         one_handshake_slot, unlimited, within,
@@ -994,12 +994,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_over_the_handshake_limit_waits_in_line() {
+    async fn a_connection_over_the_handshake_limit_waits_newest_first() {
         let ca = TestCa::new("test CA");
         let server = start_server(&ca, one_handshake_slot(1, Duration::from_secs(60)));
         // Past TLS, but no header message: the handshake stays open.
         let handshaking = raw_connection(&server, &ca, "edge-1").await;
-        a_connection_over_the_handshake_limit_waits_in_line_then_connects(server, &ca, handshaking)
+        a_connection_over_the_handshake_limit_waits_in_line_newest_first(server, &ca, handshaking)
             .await;
     }
 

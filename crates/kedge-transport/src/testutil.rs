@@ -260,10 +260,10 @@ pub(crate) async fn a_node_id_that_differs_from_the_certificate_is_refused(
 
 /// With one handshake slot, held by `handshaking`, and one place in line
 /// (`handshake_queue: 1`, a long wait): a second node waits in line
-/// instead of being refused, a third finds the line full and is refused
-/// as busy, and once `handshaking` is gone the waiting node's first dial
-/// connects.
-pub(crate) async fn a_connection_over_the_handshake_limit_waits_in_line_then_connects<H>(
+/// instead of being refused; a third takes its place, and the second is
+/// refused as busy (a full line keeps its newest connections); once
+/// `handshaking` is gone the third node's first dial connects.
+pub(crate) async fn a_connection_over_the_handshake_limit_waits_in_line_newest_first<H>(
     mut server: Server,
     ca: &TestCa,
     handshaking: H,
@@ -277,21 +277,26 @@ pub(crate) async fn a_connection_over_the_handshake_limit_waits_in_line_then_con
         dialled = &mut second => panic!("edge-2 got past a held slot: {:?}", dialled.map(|_| ())),
         () = eventually("edge-2 in line", || server.metrics.waiting(transport) == 1) => {}
     }
-    let third_tls = ca.client_config(Some(&ca.client("system:node:edge-3")));
+    let mut third = Box::pin(server.dial(
+        "edge-3",
+        ca.client_config(Some(&ca.client("system:node:edge-3"))),
+    ));
     tokio::select! {
-        dialled = &mut second => panic!("edge-2 got past a held slot: {:?}", dialled.map(|_| ())),
-        third = within("the third dial", server.dial("edge-3", third_tls)) => {
-            assert!(third.is_err(), "a third node got past a full line");
+        dialled = &mut third => panic!("edge-3 got past a held slot: {:?}", dialled.map(|_| ())),
+        second = within("edge-2 pushed out", &mut second) => {
+            assert!(second.is_err(), "edge-2 got past a held slot");
         }
     }
+    drop(second);
     server.wait_refused(RefuseReason::Busy, 1).await;
+    assert_eq!(server.metrics.waiting(transport), 1);
 
     drop(handshaking);
-    let link = within("edge-2 once the slot is free", &mut second)
+    let link = within("edge-3 once the slot is free", &mut third)
         .await
         .expect("the waiting node connects");
-    drop(second);
-    assert_eq!(server.next_link().await.peer.node_id, "edge-2");
+    drop(third);
+    assert_eq!(server.next_link().await.peer.node_id, "edge-3");
     assert_eq!(server.refused(RefuseReason::Busy), 1);
     assert_eq!(server.metrics.waiting(transport), 0);
     drop(link);

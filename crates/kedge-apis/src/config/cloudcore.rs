@@ -220,8 +220,10 @@ pub struct CloudHub {
     pub max_handshakes: i32,
     /// Kedge only: edge connections allowed to wait, per listener, for
     /// one of the `maxHandshakes` slots, each for at most 10 s, before
-    /// any TLS work; one more, or one that waited too long, is refused
-    /// and its node backs off. 0 refuses at once. Must not be negative.
+    /// any TLS work. A freed slot goes to the newest; a full line pushes
+    /// out its oldest. One pushed out, or one that waited too long, is
+    /// refused and its node backs off. 0 refuses at once. Must not be
+    /// negative.
     /// Default 8192.
     #[serde(default = "default_handshake_queue")]
     pub handshake_queue: i32,
