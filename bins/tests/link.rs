@@ -167,9 +167,16 @@ async fn edgecore_joins_with_the_token_and_reconnects_after_a_cloudcore_restart(
         edge.dir().join("certs/server.crt").exists(),
         "the node certificate is kept"
     );
-    // cloudcore goes away and comes back: edgecore reconnects by itself.
+    // cloudcore goes away and comes back: edgecore reconnects by itself,
+    // within the window cloudcore gave as it stopped (one node: 1 ms).
     cloud.restart().await;
     sessions(&cloud, 1.0).await;
+    assert_eq!(
+        edge.log_count("the cloud stops; reconnecting within its window window=1ms"),
+        1,
+        "edgecore did not take cloudcore's reconnect window; log:\n{}",
+        edge.log()
+    );
 
     edge.stop().await;
     sessions(&cloud, 0.0).await;

@@ -339,6 +339,7 @@ modules:
   cloudHub:
     nodeLimit: 0
     handshakeQueue: -1
+    restartReconnectRate: -5
     tokenRefreshDuration: 0
     advertiseAddress: [not-an-ip]
     websocket:
@@ -375,6 +376,7 @@ controlPlane:
             "kubeAPIConfig.kubeConfig",
             "modules.cloudHub.nodeLimit",
             "modules.cloudHub.handshakeQueue",
+            "modules.cloudHub.restartReconnectRate",
             "modules.cloudHub.tokenRefreshDuration",
             "modules.cloudHub.advertiseAddress[0]",
             "modules.cloudHub.websocket.port",

@@ -8,7 +8,9 @@
 //! acknowledgement ([`delivery::needs_ack`]) with an `OK` reply, counts what
 //! it receives, and when a dial fails or the link ends waits with
 //! exponential backoff and full jitter ([`Backoff`]) before the next
-//! attempt; a link that stayed up for `stable_after` resets the backoff.
+//! attempt; a link that stayed up for `stable_after` resets the backoff,
+//! and a link the cloud closed because it stops spreads the next attempts
+//! over the window it gave ([`Backoff::spread_over`]).
 //!
 //! Each node keeps what it was sent as MetaManager would, newest version
 //! per object ([`Holdings`]): an older version than the one held is never
@@ -285,6 +287,7 @@ impl HollowNode {
                     self.metrics.connects.inc();
                     self.metrics.connected.inc();
                     let since = Instant::now();
+                    let restart = link.sender.clone();
                     let stopped = self.serve(link, &shutdown).await;
                     self.metrics.connected.dec();
                     self.metrics.disconnects.inc();
@@ -293,6 +296,9 @@ impl HollowNode {
                     }
                     if since.elapsed() >= s.stable_after {
                         backoff.reset();
+                    }
+                    if let Some(window) = restart.restart_window() {
+                        backoff.spread_over(window);
                     }
                     debug!("the link ended");
                 }

@@ -236,6 +236,9 @@ pub(crate) enum Read {
     Refused(RefuseReason),
     /// The connection is over, after a refusal when one is given.
     End(Option<RefuseReason>),
+    /// The peer closed the connection because it stops, asking for the
+    /// reconnect to come within this window ([`crate::link::restart_reason`]).
+    Restart(Duration),
 }
 
 /// The incoming half of a connection, as [`drive`] reads it.
@@ -254,8 +257,10 @@ pub(crate) trait FrameSink {
     fn write(&mut self, frame: Vec<u8>) -> impl Future<Output = Result<bool, Self::Error>> + Send;
 
     /// Ends the connection once the writer is done, giving the peer
-    /// [`CLOSE_GRACE`] to take the last frames.
-    fn close(self) -> impl Future<Output = ()> + Send;
+    /// [`CLOSE_GRACE`] to take the last frames; with a window (the link
+    /// was closed with [`crate::link::LinkSender::close_for_restart`]),
+    /// with the [`crate::link::restart_reason`] that gives it.
+    fn close(self, restart: Option<Duration>) -> impl Future<Output = ()> + Send;
 }
 
 /// Moves messages between an established connection and its link until
@@ -277,6 +282,8 @@ pub(crate) async fn drive<R, W>(
         mut outgoing,
         incoming,
         closed,
+        farewell,
+        restart,
     } = ends;
     let (control_tx, mut control_rx) = mpsc::channel::<Queued>(CONTROL_BUFFER);
     let mut intake = FrameIntake::new(transport, limits, metrics.clone());
@@ -299,6 +306,14 @@ pub(crate) async fn drive<R, W>(
                     if let Some(reason) = refused {
                         intake.refuse(reason);
                     }
+                    break;
+                }
+                Read::Restart(window) => {
+                    debug!(
+                        ?window,
+                        "the peer stops and asks for a reconnect within a window"
+                    );
+                    let _ = restart.set(window);
                     break;
                 }
             };
@@ -353,7 +368,7 @@ pub(crate) async fn drive<R, W>(
             }
         }
         closed.cancel();
-        sink.close().await;
+        sink.close(farewell.get().copied()).await;
     };
 
     let stop = async {

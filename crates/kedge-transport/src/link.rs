@@ -8,8 +8,16 @@
 //! transport, never passed on), and the [`Peer`] it authenticated. Either
 //! side ends the link with [`LinkSender::close`]; the receiver then yields
 //! `None`, as it does when the peer goes away.
+//!
+//! A cloud that stops closes its links with
+//! [`LinkSender::close_for_restart`]: the transport closes the connection
+//! with a reason that asks the node to reconnect within a window
+//! ([`restart_reason`]), and the edge's transport reads it back into
+//! [`LinkSender::restart_window`].
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use kedge_message::Message;
 use tokio::sync::mpsc;
@@ -54,6 +62,8 @@ pub type Queued = Box<Message>;
 pub struct LinkSender {
     outgoing: mpsc::Sender<Queued>,
     closed: CancellationToken,
+    farewell: Arc<OnceLock<Duration>>,
+    restart: Arc<OnceLock<Duration>>,
 }
 
 /// The receiving half of a link.
@@ -80,6 +90,13 @@ impl LinkSender {
         self.closed.cancel();
     }
 
+    /// Ends the link as [`close`](Self::close) does, asking the peer to
+    /// reconnect at a random moment within `window` (this side stops).
+    pub fn close_for_restart(&self, window: Duration) {
+        let _ = self.farewell.set(window);
+        self.closed.cancel();
+    }
+
     /// Whether the link is closed.
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled() || self.outgoing.is_closed()
@@ -91,6 +108,13 @@ impl LinkSender {
             () = self.closed.cancelled() => {}
             () = self.outgoing.closed() => {}
         }
+    }
+
+    /// The window within which the peer asked for the reconnect when it
+    /// closed the link because it stops; `None` when it said nothing of
+    /// the kind (or the link is still up).
+    pub fn restart_window(&self) -> Option<Duration> {
+        self.restart.get().copied()
     }
 }
 
@@ -116,6 +140,29 @@ pub struct LinkEnds {
     /// Cancelled when either side closes the link; the transport closes
     /// its socket then, and cancels it when the socket fails.
     pub closed: CancellationToken,
+    /// Set by [`LinkSender::close_for_restart`] before it cancels
+    /// `closed`: the transport then closes with a [`restart_reason`].
+    pub farewell: Arc<OnceLock<Duration>>,
+    /// Set by the transport, before it cancels `closed`, when the peer
+    /// closed the connection with a [`restart_reason`].
+    pub restart: Arc<OnceLock<Duration>>,
+}
+
+/// The text before the window in a [`restart_reason`].
+const RESTART_PREFIX: &str = "server stopping; reconnect within ";
+
+/// The close reason of a server that stops and asks each node to
+/// reconnect at a random moment within `window` (in milliseconds, e.g.
+/// `server stopping; reconnect within 12000 ms`). Peers that do not know
+/// it see an ordinary close.
+pub fn restart_reason(window: Duration) -> String {
+    format!("{RESTART_PREFIX}{} ms", window.as_millis())
+}
+
+/// The window a [`restart_reason`] gives, or `None` for any other reason.
+pub fn parse_restart_reason(reason: &str) -> Option<Duration> {
+    let millis = reason.strip_prefix(RESTART_PREFIX)?.strip_suffix(" ms")?;
+    millis.parse().ok().map(Duration::from_millis)
 }
 
 /// A new link for `peer`, and the ends its transport drives. `buffer`
@@ -124,11 +171,15 @@ pub fn new_link(peer: Peer, buffer: usize) -> (Link, LinkEnds) {
     let (out_tx, out_rx) = mpsc::channel(buffer);
     let (in_tx, in_rx) = mpsc::channel(buffer);
     let closed = CancellationToken::new();
+    let farewell = Arc::new(OnceLock::new());
+    let restart = Arc::new(OnceLock::new());
     let link = Link {
         peer,
         sender: LinkSender {
             outgoing: out_tx,
             closed: closed.clone(),
+            farewell: Arc::clone(&farewell),
+            restart: Arc::clone(&restart),
         },
         receiver: LinkReceiver {
             incoming: in_rx,
@@ -139,6 +190,8 @@ pub fn new_link(peer: Peer, buffer: usize) -> (Link, LinkEnds) {
         outgoing: out_rx,
         incoming: in_tx,
         closed,
+        farewell,
+        restart,
     };
     (link, ends)
 }
@@ -146,9 +199,12 @@ pub fn new_link(peer: Peer, buffer: usize) -> (Link, LinkEnds) {
 /// Two links joined back to back in memory, for tests: what one sends the
 /// other receives, and closing either closes both. `edge_view` is the peer
 /// as the edge sees it (the cloud), `cloud_view` the peer as the cloud
-/// sees it (the node).
+/// sees it (the node). A window one side closes with
+/// ([`LinkSender::close_for_restart`]) is the other's restart window.
 pub fn memory_pair(cloud_view: Peer, edge_view: Peer, buffer: usize) -> (Link, Link) {
     let closed = CancellationToken::new();
+    let cloud_farewell = Arc::new(OnceLock::new());
+    let edge_farewell = Arc::new(OnceLock::new());
     let (to_edge_tx, to_edge_rx) = mpsc::channel(buffer);
     let (to_cloud_tx, to_cloud_rx) = mpsc::channel(buffer);
     let cloud = Link {
@@ -156,6 +212,8 @@ pub fn memory_pair(cloud_view: Peer, edge_view: Peer, buffer: usize) -> (Link, L
         sender: LinkSender {
             outgoing: to_edge_tx,
             closed: closed.clone(),
+            farewell: Arc::clone(&cloud_farewell),
+            restart: Arc::clone(&edge_farewell),
         },
         receiver: LinkReceiver {
             incoming: to_cloud_rx,
@@ -167,6 +225,8 @@ pub fn memory_pair(cloud_view: Peer, edge_view: Peer, buffer: usize) -> (Link, L
         sender: LinkSender {
             outgoing: to_cloud_tx,
             closed: closed.clone(),
+            farewell: edge_farewell,
+            restart: cloud_farewell,
         },
         receiver: LinkReceiver {
             incoming: to_edge_rx,
@@ -204,6 +264,13 @@ mod tests {
         );
         assert!(edge.receiver.recv().await.is_none());
         assert!(cloud.receiver.recv().await.is_none());
+        assert_eq!(edge.sender.restart_window(), None);
+
+        let (cloud, edge) = memory_pair(peer("edge-1"), peer("cloud"), 4);
+        cloud.sender.close_for_restart(Duration::from_secs(3));
+        assert!(edge.sender.is_closed());
+        assert_eq!(edge.sender.restart_window(), Some(Duration::from_secs(3)));
+        assert_eq!(cloud.sender.restart_window(), None);
     }
 
     #[tokio::test]
@@ -219,5 +286,23 @@ mod tests {
         ends.closed.cancel();
         assert!(link.sender.is_closed());
         assert!(link.receiver.recv().await.is_none());
+        assert_eq!(link.sender.restart_window(), None);
+    }
+
+    #[test]
+    fn a_restart_reason_carries_its_window_and_nothing_else_parses() {
+        let window = Duration::from_millis(12_345);
+        let reason = restart_reason(window);
+        assert_eq!(reason, "server stopping; reconnect within 12345 ms");
+        assert_eq!(parse_restart_reason(&reason), Some(window));
+        for other in [
+            "server shutting down",
+            "link closed",
+            "server stopping; reconnect within soon ms",
+            "server stopping; reconnect within 5 s",
+            "",
+        ] {
+            assert_eq!(parse_restart_reason(other), None, "{other:?}");
+        }
     }
 }

@@ -64,7 +64,7 @@ use crate::conn::{
     check_identity, node_from_certificates, spawn_client,
 };
 use crate::limits::LinkLimits;
-use crate::link::{Link, Peer};
+use crate::link::{Link, Peer, parse_restart_reason, restart_reason};
 use crate::metrics::{LinkMetrics, RefuseReason, Transport};
 
 /// KubeEdge's default QUIC port.
@@ -781,6 +781,14 @@ impl FrameSource for QuicSource {
                 debug!("the peer closed its stream");
                 Read::End(None)
             }
+            Err(ReadExactError::ReadError(ReadError::ConnectionLost(
+                ConnectionError::ApplicationClosed(close),
+            ))) if let Some(window) = std::str::from_utf8(&close.reason)
+                .ok()
+                .and_then(parse_restart_reason) =>
+            {
+                Read::Restart(window)
+            }
             Err(error) => {
                 debug!(%error, "the connection failed");
                 Read::End(None)
@@ -804,7 +812,16 @@ impl FrameSink for QuicSink {
         Ok(true)
     }
 
-    async fn close(mut self) {
+    async fn close(mut self, restart: Option<Duration>) {
+        if let Some(window) = restart {
+            // At once, so that the peer reads the reason rather than the
+            // end of the stream.
+            self.conn.close(
+                VarInt::from_u32(CLOSE_NORMAL),
+                restart_reason(window).as_bytes(),
+            );
+            return;
+        }
         if self.send.finish().is_ok() && timeout(CLOSE_GRACE, self.send.stopped()).await.is_err() {
             debug!("the peer did not acknowledge the end of the stream in time");
         }
@@ -821,6 +838,7 @@ mod tests {
         Server, TestCa, a_connection_over_the_handshake_limit_is_refused_at_once,
         a_connection_over_the_handshake_limit_waits_in_line_newest_first,
         a_connection_that_waits_too_long_is_refused,
+        a_link_closed_for_a_restart_gives_the_edge_its_window,
         a_node_id_that_differs_from_the_certificate_is_refused, app_message, eventually,
         one_handshake_slot, unlimited, within,
     };
@@ -975,6 +993,13 @@ mod tests {
             metrics.open(Transport::Quic) == 0
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_link_closed_for_a_restart_carries_its_window_to_the_edge() {
+        let ca = TestCa::new("test CA");
+        let server = start_server(&ca, LinkLimits::default());
+        a_link_closed_for_a_restart_gives_the_edge_its_window(server, &ca).await;
     }
 
     #[tokio::test]

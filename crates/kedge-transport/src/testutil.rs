@@ -221,6 +221,12 @@ impl Server {
         }
     }
 
+    /// Connects as `node` with a certificate of `ca` issued to it.
+    pub(crate) async fn dial_as(&self, ca: &TestCa, node: &str) -> Link {
+        let tls = ca.client_config(Some(&ca.client(&format!("system:node:{node}"))));
+        self.dial(node, tls).await.expect("connected")
+    }
+
     /// Waits until `count` connections were refused for `reason`.
     pub(crate) async fn wait_refused(&self, reason: RefuseReason, count: u64) {
         let what = format!("{count} refusals for {}", reason.as_str());
@@ -255,6 +261,30 @@ pub(crate) async fn a_node_id_that_differs_from_the_certificate_is_refused(
     );
     server.wait_refused(RefuseReason::NodeMismatch, 1).await;
     assert_eq!(server.metrics.accepted(server.transport), 0);
+    server.stop().await;
+}
+
+/// A link the cloud closes ends with no reconnect window at the edge; one
+/// it closes for a restart ([`crate::link::LinkSender::close_for_restart`])
+/// gives the edge the window.
+pub(crate) async fn a_link_closed_for_a_restart_gives_the_edge_its_window(
+    mut server: Server,
+    ca: &TestCa,
+) {
+    let mut edge = server.dial_as(ca, "edge-0").await;
+    let cloud = server.next_link().await;
+    cloud.sender.close();
+    assert!(within("the close", edge.receiver.recv()).await.is_none());
+    assert_eq!(edge.sender.restart_window(), None, "closed, not stopped");
+
+    let mut edge = server.dial_as(ca, "edge-1").await;
+    let cloud = server.next_link().await;
+    cloud.sender.close_for_restart(Duration::from_millis(2500));
+    assert!(within("the close", edge.receiver.recv()).await.is_none());
+    assert_eq!(
+        edge.sender.restart_window(),
+        Some(Duration::from_millis(2500))
+    );
     server.stop().await;
 }
 

@@ -90,6 +90,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
@@ -101,7 +103,7 @@ use crate::conn::{
     node_from_certificates, spawn_client,
 };
 use crate::limits::LinkLimits;
-use crate::link::{Link, Peer};
+use crate::link::{Link, Peer, parse_restart_reason, restart_reason};
 use crate::metrics::{LinkMetrics, RefuseReason, Transport};
 
 /// KubeEdge's default WebSocket port.
@@ -522,9 +524,12 @@ where
             }
             Some(Ok(WsMessage::Text(text))) => Read::Frame(text.as_bytes().to_vec()),
             Some(Ok(WsMessage::Binary(bytes))) => Read::Frame(bytes.to_vec()),
-            Some(Ok(WsMessage::Close(_))) => {
-                debug!("the peer closed the WebSocket");
-                Read::End(None)
+            Some(Ok(WsMessage::Close(frame))) => {
+                debug!(?frame, "the peer closed the WebSocket");
+                match frame.and_then(|frame| parse_restart_reason(&frame.reason)) {
+                    Some(window) => Read::Restart(window),
+                    None => Read::End(None),
+                }
             }
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
                 Read::Nothing
@@ -565,8 +570,19 @@ where
         Ok(true)
     }
 
-    async fn close(mut self) {
-        if timeout(CLOSE_GRACE, self.0.close()).await.is_err() {
+    async fn close(mut self, restart: Option<Duration>) {
+        let closing = async {
+            if let Some(window) = restart {
+                // 1012, Service Restart (RFC 6455's registry).
+                let frame = CloseFrame {
+                    code: CloseCode::Restart,
+                    reason: restart_reason(window).into(),
+                };
+                self.0.send(WsMessage::Close(Some(frame))).await?;
+            }
+            self.0.close().await
+        };
+        if timeout(CLOSE_GRACE, closing).await.is_err() {
             debug!("the peer did not take the close frame in time");
         }
     }
@@ -580,6 +596,7 @@ mod tests {
         Server, TestCa, a_connection_over_the_handshake_limit_is_refused_at_once,
         a_connection_over_the_handshake_limit_waits_in_line_newest_first,
         a_connection_that_waits_too_long_is_refused,
+        a_link_closed_for_a_restart_gives_the_edge_its_window,
         a_node_id_that_differs_from_the_certificate_is_refused, app_message, eventually,
         one_handshake_slot, unlimited, within,
     };
@@ -691,6 +708,13 @@ mod tests {
         })
         .await;
         server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_link_closed_for_a_restart_carries_its_window_to_the_edge() {
+        let ca = TestCa::new("test CA");
+        let server = start_server(&ca, LinkLimits::default()).await;
+        a_link_closed_for_a_restart_gives_the_edge_its_window(server, &ca).await;
     }
 
     #[tokio::test]

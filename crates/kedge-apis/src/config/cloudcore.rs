@@ -227,6 +227,13 @@ pub struct CloudHub {
     /// Default 8192.
     #[serde(default = "default_handshake_queue")]
     pub handshake_queue: i32,
+    /// Kedge only: edge nodes per second cloudcore asks to come back at
+    /// when it stops: it closes each link asking its node to reconnect
+    /// within the nodes connected ÷ this rate, so a large fleet does not
+    /// redial all at once. 0 asks for nothing. Must not be negative.
+    /// Default 1000.
+    #[serde(default = "default_restart_reconnect_rate")]
+    pub restart_reconnect_rate: i32,
 }
 
 fn default_node_message_qps() -> i32 {
@@ -243,6 +250,10 @@ fn default_max_handshakes() -> i32 {
 
 fn default_handshake_queue() -> i32 {
     8192
+}
+
+fn default_restart_reconnect_rate() -> i32 {
+    1000
 }
 
 /// CloudHub's QUIC server.
@@ -888,6 +899,7 @@ impl CloudCoreConfig {
                     node_message_burst: default_node_message_burst(),
                     max_handshakes: default_max_handshakes(),
                     handshake_queue: default_handshake_queue(),
+                    restart_reconnect_rate: default_restart_reconnect_rate(),
                 },
                 edge_controller: EdgeController {
                     enable: true,
@@ -1044,6 +1056,10 @@ impl CloudCoreConfig {
             v.positive("modules.cloudHub.nodeMessageBurst", hub.node_message_burst);
             v.positive("modules.cloudHub.maxHandshakes", hub.max_handshakes);
             v.non_negative("modules.cloudHub.handshakeQueue", hub.handshake_queue);
+            v.non_negative(
+                "modules.cloudHub.restartReconnectRate",
+                hub.restart_reconnect_rate,
+            );
             v.positive(
                 "modules.cloudHub.tokenRefreshDuration",
                 hub.token_refresh_duration,

@@ -3,7 +3,8 @@
 //! message names, and the counters of what was refused.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use kedge_message::{Message, operation, resource, resource_type};
 use kedge_transport::link::{Link, Queued};
@@ -64,6 +65,22 @@ pub struct HubConfig {
     pub queue: QueueLimits,
     /// Downstream messages waiting to enter one session's queue.
     pub handoff: usize,
+    /// Nodes per second the hub asks to come back at when it stops
+    /// ([`Hub::stop`]); 0 asks for nothing.
+    pub restart_reconnect_rate: u32,
+}
+
+impl HubConfig {
+    /// The window within which each of `connected` nodes is asked to
+    /// reconnect when the hub stops: `connected` ÷ the rate, at least
+    /// 1 ms; `None` when the rate is 0 or no node is connected.
+    pub fn restart_window(&self, connected: usize) -> Option<Duration> {
+        if self.restart_reconnect_rate == 0 || connected == 0 {
+            return None;
+        }
+        let millis = connected as u64 * 1000 / u64::from(self.restart_reconnect_rate);
+        Some(Duration::from_millis(millis.max(1)))
+    }
 }
 
 impl Default for HubConfig {
@@ -73,6 +90,7 @@ impl Default for HubConfig {
             session: SessionConfig::default(),
             queue: QueueLimits::default(),
             handoff: 256,
+            restart_reconnect_rate: 1000,
         }
     }
 }
@@ -102,6 +120,8 @@ struct Inner<E> {
     events: E,
     metrics: HubMetrics,
     sessions: Mutex<HashMap<String, Slot>>,
+    /// Set by [`Hub::stop`] before the sessions stop.
+    restart: Arc<OnceLock<Duration>>,
     next_generation: std::sync::atomic::AtomicU64,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -125,6 +145,7 @@ struct NodeEvents<E> {
     node: String,
     events: E,
     metrics: HubMetrics,
+    restart: Arc<OnceLock<Duration>>,
 }
 
 impl<E: HubEvents> SessionEvents for NodeEvents<E> {
@@ -140,11 +161,15 @@ impl<E: HubEvents> SessionEvents for NodeEvents<E> {
     fn refused(&mut self, reason: &'static str) {
         self.metrics.refuse(reason);
     }
+
+    fn restart_window(&self) -> Option<Duration> {
+        self.restart.get().copied()
+    }
 }
 
 impl<E: HubEvents> Hub<E> {
     /// A hub with no sessions; its session tasks run on `tasks` and stop
-    /// with `shutdown`.
+    /// with `shutdown` (or [`Hub::stop`]).
     pub fn new(
         config: HubConfig,
         events: E,
@@ -158,11 +183,29 @@ impl<E: HubEvents> Hub<E> {
                 events,
                 metrics,
                 sessions: Mutex::default(),
+                restart: Arc::default(),
                 next_generation: std::sync::atomic::AtomicU64::new(1),
                 tasks,
                 shutdown,
             }),
         }
+    }
+
+    /// Stops every session, each closing its link with the window of
+    /// [`HubConfig::restart_window`] for the nodes connected now, so that
+    /// a large fleet comes back spread over it rather than all at once.
+    pub fn stop(&self) {
+        let inner = &self.inner;
+        let connected = inner.sessions.lock().expect("sessions lock").len();
+        if let Some(window) = inner.config.restart_window(connected) {
+            tracing::info!(
+                connected,
+                ?window,
+                "stopping: asking every node to reconnect within a window"
+            );
+            let _ = inner.restart.set(window);
+        }
+        inner.shutdown.cancel();
     }
 
     /// The nodes connected now.
@@ -264,6 +307,7 @@ impl<E: HubEvents> Hub<E> {
             node: node.clone(),
             events: inner.events.clone(),
             metrics: inner.metrics.clone(),
+            restart: Arc::clone(&inner.restart),
         };
         let (ended, queue) = session::run(
             &node,
@@ -334,7 +378,6 @@ mod tests {
     use super::*;
     use kedge_transport::link::{Peer, memory_pair};
     use serde_json::json;
-    use std::time::Duration;
 
     #[derive(Clone, Default)]
     struct Recorder {
@@ -441,6 +484,54 @@ mod tests {
         );
         assert!(edge2.receiver.recv().await.is_none(), "then closed");
         assert_eq!(hub.inner.metrics.refused.get("node_limit"), 1);
+    }
+
+    #[tokio::test]
+    async fn stopping_asks_every_node_to_reconnect_within_a_window_for_the_fleet() {
+        let recorder = Recorder::default();
+        let hub = Hub::new(
+            HubConfig {
+                restart_reconnect_rate: 2,
+                ..HubConfig::default()
+            },
+            recorder,
+            HubMetrics::default(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        let mut edges = Vec::new();
+        for node in ["n1", "n2", "n3"] {
+            let (cloud, edge) = memory_pair(peer(node), peer("cloud"), 8);
+            hub.accept(cloud);
+            edges.push(edge);
+        }
+        until("three connected", || hub.connected().len() == 3).await;
+        hub.stop();
+        for edge in &mut edges {
+            assert!(edge.receiver.recv().await.is_none(), "the link closed");
+            assert_eq!(
+                edge.sender.restart_window(),
+                Some(Duration::from_millis(1500)),
+                "three nodes at two a second"
+            );
+        }
+        until("no session left", || hub.connected().is_empty()).await;
+    }
+
+    #[test]
+    fn the_restart_window_grows_with_the_fleet() {
+        let config = HubConfig::default();
+        assert_eq!(config.restart_window(0), None);
+        assert_eq!(config.restart_window(1), Some(Duration::from_millis(1)));
+        assert_eq!(
+            config.restart_window(100_000),
+            Some(Duration::from_secs(100))
+        );
+        let off = HubConfig {
+            restart_reconnect_rate: 0,
+            ..HubConfig::default()
+        };
+        assert_eq!(off.restart_window(100_000), None);
     }
 
     #[tokio::test]

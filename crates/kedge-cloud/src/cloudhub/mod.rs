@@ -37,6 +37,7 @@ use kedge_transport::metrics::LinkMetrics;
 use kedge_transport::{quic, ws};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::ClusterClient;
@@ -213,6 +214,11 @@ impl Module for CloudHubModule {
             });
         }
 
+        // The listeners stop after the sessions, so that every session
+        // closes its link itself, asking its node to reconnect within the
+        // restart window.
+        let listening = CancellationToken::new();
+        let _stop_listening = listening.clone().drop_guard();
         let (accepted_tx, mut accepted) = mpsc::channel::<Link>(1024);
         let mut limits = LinkLimits::default();
         limits.buffer = limits.buffer.max(256);
@@ -242,7 +248,7 @@ impl Module for CloudHubModule {
                 listener,
                 Arc::new(tls),
                 state,
-                token.child_token(),
+                listening.clone(),
             ));
         }
         if config.websocket.enable {
@@ -258,7 +264,7 @@ impl Module for CloudHubModule {
                 limits.clone(),
                 self.metrics.link.clone(),
                 accepted_tx.clone(),
-                token.child_token(),
+                listening.clone(),
             ));
         }
         if config.quic.enable {
@@ -273,11 +279,12 @@ impl Module for CloudHubModule {
                 limits.clone(),
                 self.metrics.link.clone(),
                 accepted_tx.clone(),
-                token.child_token(),
+                listening.clone(),
             ));
         }
         drop(accepted_tx);
 
+        let sessions = TaskTracker::new();
         let hub = Hub::new(
             HubConfig {
                 node_limit: usize::try_from(config.node_limit.max(1)).unwrap_or(1),
@@ -287,6 +294,7 @@ impl Module for CloudHubModule {
                     ),
                     ..SessionConfig::default()
                 },
+                restart_reconnect_rate: u32::try_from(config.restart_reconnect_rate).unwrap_or(0),
                 ..HubConfig::default()
             },
             BusEvents {
@@ -294,8 +302,8 @@ impl Module for CloudHubModule {
                 records: self.records.clone(),
             },
             self.metrics.hub.clone(),
-            tasks.clone(),
-            token.child_token(),
+            sessions.clone(),
+            CancellationToken::new(),
         );
         ctx.set_ready();
         tracing::info!(
@@ -322,6 +330,10 @@ impl Module for CloudHubModule {
                 }
             }
         }
+        hub.stop();
+        sessions.close();
+        sessions.wait().await;
+        listening.cancel();
         tasks.close();
         tasks.wait().await;
         Ok(())

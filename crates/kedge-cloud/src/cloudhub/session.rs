@@ -126,6 +126,11 @@ pub trait SessionEvents: Send {
     fn acked(&mut self, acked: Acked);
     /// A message was refused or dropped, for the reason given.
     fn refused(&mut self, reason: &'static str);
+    /// When the session is stopped because cloudcore stops: the window
+    /// within which the node is asked to reconnect as its link closes.
+    fn restart_window(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Runs `node`'s session on `link` with `queue`, taking downstream
@@ -208,7 +213,10 @@ pub async fn run(
             () = std::future::ready(()), if more => {}
         }
     };
-    link.sender.close();
+    match (ended, events.restart_window()) {
+        (Ended::Stopped, Some(window)) => link.sender.close_for_restart(window),
+        _ => link.sender.close(),
+    }
     queue.requeue_in_flight();
     (ended, queue)
 }

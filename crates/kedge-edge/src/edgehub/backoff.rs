@@ -4,6 +4,12 @@
 //! `[0, min(cap, base * 2^n)]`. Many edge nodes that lose the cloud at the
 //! same moment (a cloudcore restart) therefore spread their reconnects over
 //! the whole window instead of arriving in waves.
+//!
+//! A cloud that stops closes its links asking its nodes to reconnect
+//! within a window sized to its fleet ([`Backoff::spread_over`]): the
+//! delays then stay spread over at least that window until the backoff is
+//! reset, so a large fleet does not come back faster than the cloud can
+//! take it.
 
 use std::time::Duration;
 
@@ -16,8 +22,13 @@ pub struct Backoff {
     base: Duration,
     cap: Duration,
     attempt: u32,
+    spread: Duration,
     rng: SmallRng,
 }
+
+/// The longest reconnect window a cloud can ask for; a longer one is cut
+/// to it.
+pub const MAX_RESTART_WINDOW: Duration = Duration::from_secs(3600);
 
 impl Backoff {
     /// A backoff seeded from the operating system's random source.
@@ -35,14 +46,28 @@ impl Backoff {
             base,
             cap: cap.max(base),
             attempt: 0,
+            spread: Duration::ZERO,
             rng,
         }
     }
 
-    /// The upper bound of the next delay: `min(cap, base * 2^attempt)`.
+    /// The upper bound of the next delay: `min(cap, base * 2^attempt)`,
+    /// or the window of [`spread_over`](Self::spread_over) if larger.
     pub fn bound(&self) -> Duration {
+        self.exponential_bound().max(self.spread)
+    }
+
+    /// `min(cap, base * 2^attempt)`.
+    fn exponential_bound(&self) -> Duration {
         let factor = 1u32.checked_shl(self.attempt).unwrap_or(u32::MAX);
         self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// Spreads the next delays over at least `window` (at most
+    /// [`MAX_RESTART_WINDOW`]) until [`reset`](Self::reset): the cloud
+    /// stopped and asked its nodes to reconnect within it.
+    pub fn spread_over(&mut self, window: Duration) {
+        self.spread = window.min(MAX_RESTART_WINDOW);
     }
 
     /// The next delay, a random time between zero and [`bound`](Self::bound);
@@ -52,15 +77,17 @@ impl Backoff {
         // Nanosecond resolution; a cap above 584 years saturates.
         let bound_nanos = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
         let delay = Duration::from_nanos(self.rng.random_range(0..=bound_nanos));
-        if self.bound() < self.cap {
+        if self.exponential_bound() < self.cap {
             self.attempt = self.attempt.saturating_add(1);
         }
         delay
     }
 
-    /// Starts again from `base` (after a connection that stayed up).
+    /// Starts again from `base` (after a connection that stayed up),
+    /// forgetting any window.
     pub fn reset(&mut self) {
         self.attempt = 0;
+        self.spread = Duration::ZERO;
     }
 
     /// How many delays were taken since the last reset, up to the one that
@@ -96,6 +123,26 @@ mod tests {
         // Full jitter: both halves of the window are used.
         assert!(delays.iter().any(|d| *d < Duration::from_secs(2)));
         assert!(delays.iter().any(|d| *d > Duration::from_secs(6)));
+    }
+
+    #[test]
+    fn a_restart_window_spreads_the_delays_until_reset() {
+        let mut b = Backoff::seeded(Duration::from_secs(1), Duration::from_secs(30), 5);
+        b.spread_over(Duration::from_secs(100));
+        let delays: Vec<Duration> = (0..200).map(|_| b.next_delay()).collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(100)));
+        assert!(delays.iter().any(|d| *d > Duration::from_secs(60)));
+        assert!(delays.iter().any(|d| *d < Duration::from_secs(40)));
+        assert_eq!(b.bound(), Duration::from_secs(100));
+        b.reset();
+        assert_eq!(b.bound(), Duration::from_secs(1));
+        // The backoff's own bounds still grew meanwhile.
+        b.spread_over(Duration::from_secs(2));
+        let _ = b.next_delay();
+        let _ = b.next_delay();
+        assert_eq!(b.bound(), Duration::from_secs(4));
+        b.spread_over(Duration::from_secs(86_400));
+        assert_eq!(b.bound(), MAX_RESTART_WINDOW);
     }
 
     #[test]

@@ -43,8 +43,9 @@ pub(super) struct Hub {
 
 /// How serving one link ended.
 enum LinkEnd {
-    /// The link went down after being up this long.
-    Lost(Duration),
+    /// The link went down after being up this long, with the reconnect
+    /// window the cloud gave if it closed the link because it stops.
+    Lost(Duration, Option<Duration>),
     /// The process is shutting down.
     Shutdown,
 }
@@ -89,9 +90,16 @@ impl Hub {
             match attempt {
                 Ok(link) => match self.serve(link).await {
                     LinkEnd::Shutdown => return,
-                    LinkEnd::Lost(uptime) => {
+                    LinkEnd::Lost(uptime, restart) => {
                         if uptime >= self.settings.stable_after {
                             self.backoff.reset();
+                        }
+                        if let Some(window) = restart {
+                            tracing::info!(
+                                ?window,
+                                "the cloud stops; reconnecting within its window"
+                            );
+                            self.backoff.spread_over(window);
                         }
                     }
                 },
@@ -283,7 +291,7 @@ impl Hub {
             LinkEnd::Shutdown
         } else {
             tracing::warn!(?uptime, "link to the cloud lost");
-            LinkEnd::Lost(uptime)
+            LinkEnd::Lost(uptime, sender.restart_window())
         }
     }
 

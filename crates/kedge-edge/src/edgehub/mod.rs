@@ -8,7 +8,9 @@
 //!   keepalive at once and then every `heartbeat` seconds. When a dial
 //!   fails or the link ends it waits with exponential backoff and full
 //!   jitter ([`backoff`]) before the next attempt; a connection that stayed
-//!   up for at least `reconnectBackoffMax` resets the backoff. Every change
+//!   up for at least `reconnectBackoffMax` resets the backoff; when the
+//!   cloud closed the link because it stops, the attempts are spread over
+//!   the window it gave (docs/link.md, Connections). Every change
 //!   of link state is announced to the `twin`, `meta` and `bus` groups
 //!   (`node/connection` / `connect`, `cloud_connected` or
 //!   `cloud_disconnected`), as KubeEdge does;
