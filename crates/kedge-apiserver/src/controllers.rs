@@ -142,7 +142,10 @@ pub async fn run(api: Api, settings: ControllerSettings, token: CancellationToke
                     if reconciled_at == Some(index.revision) {
                         continue;
                     }
-                    let all: Vec<(Arc<ResourceType>, Value)> = index.objects.values().cloned().collect();
+                    // Borrowed, not cloned: at 100,000 nodes the index
+                    // holds several hundred thousand objects, and a copy of
+                    // them every pass cost a fifth of cloudcore's time.
+                    let all: Vec<&Entry> = index.objects.values().collect();
                     match reconcile(&api, &settings, &all).await {
                         Ok(()) => reconciled_at = Some(index.revision),
                         Err(error) => tracing::warn!(%error, "controllers: reconcile failed; retrying"),
@@ -156,12 +159,15 @@ pub async fn run(api: Api, settings: ControllerSettings, token: CancellationToke
 /// The storage prefix of every object.
 const REGISTRY: &str = "/registry/";
 
+/// One object the controllers know of, with its resource type.
+type Entry = (Arc<ResourceType>, Value);
+
 /// What the controllers know of every object, kept current from one watch
 /// of the whole store: namespaces whole, everything else as the metadata
 /// the garbage collector needs. Memory stays small per object and no pass
 /// lists the store.
 struct Index {
-    objects: BTreeMap<String, (Arc<ResourceType>, Value)>,
+    objects: BTreeMap<String, Entry>,
     revision: i64,
 }
 
@@ -258,7 +264,7 @@ fn slim(resource: &ResourceType, object: Value) -> Value {
 async fn reconcile(
     api: &Api,
     settings: &ControllerSettings,
-    all: &[(Arc<ResourceType>, Value)],
+    all: &[&Entry],
 ) -> Result<(), StatusError> {
     namespaces(api, settings, all).await?;
     garbage_collect(api, all).await
@@ -279,7 +285,7 @@ fn is_deleting(object: &Value) -> bool {
 async fn namespaces(
     api: &Api,
     settings: &ControllerSettings,
-    all: &[(Arc<ResourceType>, Value)],
+    all: &[&Entry],
 ) -> Result<(), StatusError> {
     let namespace_type = resource(api, "", "namespaces")?;
     for (_, namespace) in all
@@ -407,13 +413,13 @@ fn owner_uids(object: &Value) -> Vec<String> {
 /// Deletes dependents whose owners are all gone, finishes foreground
 /// deletions whose dependents are gone, and orphans dependents of owners
 /// deleted with the `orphan` finalizer.
-async fn garbage_collect(api: &Api, all: &[(Arc<ResourceType>, Value)]) -> Result<(), StatusError> {
-    let uids: HashMap<&str, &(Arc<ResourceType>, Value)> = all
+async fn garbage_collect(api: &Api, all: &[&Entry]) -> Result<(), StatusError> {
+    let uids: HashMap<&str, &Entry> = all
         .iter()
-        .map(|entry| (meta::meta_str(&entry.1, "uid"), entry))
+        .map(|&entry| (meta::meta_str(&entry.1, "uid"), entry))
         .collect();
-    let mut dependents: HashMap<&str, Vec<&(Arc<ResourceType>, Value)>> = HashMap::new();
-    for entry in all {
+    let mut dependents: HashMap<&str, Vec<&Entry>> = HashMap::new();
+    for &entry in all {
         for owner in owner_uids(&entry.1) {
             if let Some((owner_uid, _)) = uids.get_key_value(owner.as_str()) {
                 dependents.entry(owner_uid).or_default().push(entry);
