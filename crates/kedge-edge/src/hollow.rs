@@ -10,7 +10,7 @@
 //! exponential backoff and full jitter ([`Backoff`]) before the next
 //! attempt; a link that stayed up for `stable_after` resets the backoff,
 //! and a link the cloud closed because it stops spreads the next attempts
-//! over the window it gave ([`Backoff::spread_over`]).
+//! over the window it gave ([`Backoff::link_ended`]).
 //!
 //! Each node keeps what it was sent as MetaManager would, newest version
 //! per object ([`Holdings`]): an older version than the one held is never
@@ -294,12 +294,7 @@ impl HollowNode {
                     if stopped {
                         return;
                     }
-                    if since.elapsed() >= s.stable_after {
-                        backoff.reset();
-                    }
-                    if let Some(window) = restart.restart_window() {
-                        backoff.spread_over(window);
-                    }
+                    backoff.link_ended(since.elapsed(), s.stable_after, restart.restart_window());
                     debug!("the link ended");
                 }
                 Ok(Err(error)) => {

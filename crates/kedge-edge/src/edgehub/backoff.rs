@@ -6,7 +6,7 @@
 //! the whole window instead of arriving in waves.
 //!
 //! A cloud that stops closes its links asking its nodes to reconnect
-//! within a window sized to its fleet ([`Backoff::spread_over`]): the
+//! within a window sized to its fleet ([`Backoff::link_ended`]): the
 //! delays then stay spread over at least that window until the backoff is
 //! reset, so a large fleet does not come back faster than the cloud can
 //! take it.
@@ -52,7 +52,7 @@ impl Backoff {
     }
 
     /// The upper bound of the next delay: `min(cap, base * 2^attempt)`,
-    /// or the window of [`spread_over`](Self::spread_over) if larger.
+    /// or the window a stopping cloud gave ([`link_ended`](Self::link_ended)) if larger.
     pub fn bound(&self) -> Duration {
         self.exponential_bound().max(self.spread)
     }
@@ -63,10 +63,27 @@ impl Backoff {
         self.base.saturating_mul(factor).min(self.cap)
     }
 
+    /// Takes the end of a link that was up for `uptime`: one up at least
+    /// `stable_after` starts the backoff again, and a window the cloud
+    /// gave as it stopped spreads the next delays over it.
+    pub fn link_ended(
+        &mut self,
+        uptime: Duration,
+        stable_after: Duration,
+        restart: Option<Duration>,
+    ) {
+        if uptime >= stable_after {
+            self.reset();
+        }
+        if let Some(window) = restart {
+            self.spread_over(window);
+        }
+    }
+
     /// Spreads the next delays over at least `window` (at most
     /// [`MAX_RESTART_WINDOW`]) until [`reset`](Self::reset): the cloud
     /// stopped and asked its nodes to reconnect within it.
-    pub fn spread_over(&mut self, window: Duration) {
+    fn spread_over(&mut self, window: Duration) {
         self.spread = window.min(MAX_RESTART_WINDOW);
     }
 
@@ -143,6 +160,28 @@ mod tests {
         assert_eq!(b.bound(), Duration::from_secs(4));
         b.spread_over(Duration::from_secs(86_400));
         assert_eq!(b.bound(), MAX_RESTART_WINDOW);
+    }
+
+    #[test]
+    fn a_link_that_stayed_up_resets_and_a_restart_window_spreads() {
+        let (one, stable) = (Duration::from_secs(1), Duration::from_secs(30));
+        let mut b = Backoff::seeded(one, Duration::from_secs(30), 9);
+        let _ = b.next_delay();
+        let _ = b.next_delay();
+        b.link_ended(Duration::from_secs(5), stable, None);
+        assert_eq!(
+            b.bound(),
+            Duration::from_secs(4),
+            "a short link keeps the backoff"
+        );
+        b.link_ended(stable, stable, None);
+        assert_eq!(b.bound(), one, "a stable link resets it");
+        b.link_ended(stable, stable, Some(Duration::from_secs(100)));
+        assert_eq!(
+            b.bound(),
+            Duration::from_secs(100),
+            "the window outlasts the reset"
+        );
     }
 
     #[test]

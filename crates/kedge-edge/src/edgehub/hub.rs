@@ -91,16 +91,14 @@ impl Hub {
                 Ok(link) => match self.serve(link).await {
                     LinkEnd::Shutdown => return,
                     LinkEnd::Lost(uptime, restart) => {
-                        if uptime >= self.settings.stable_after {
-                            self.backoff.reset();
-                        }
                         if let Some(window) = restart {
                             tracing::info!(
                                 ?window,
                                 "the cloud stops; reconnecting within its window"
                             );
-                            self.backoff.spread_over(window);
                         }
+                        self.backoff
+                            .link_ended(uptime, self.settings.stable_after, restart);
                     }
                 },
                 Err(error) => {
